@@ -1,0 +1,161 @@
+"""The two datasets of DreamBooth and the image preparation they share.
+
+- instance images: the 3-10 photos of *your* subject, all with one prompt ("a photo of sks dog");
+- class images: pictures of the subject's class made by the base model itself ("a photo of a
+  dog"). Training on them too ("prior preservation") keeps the model's idea of the class intact.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .errors import DreamlabError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def list_images(folder, what: str = "image") -> list[Path]:
+    """The image files in `folder`, sorted; a clear error when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DreamlabError(f"{what} folder {folder} does not exist (or is not a folder).")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        seen = f" It holds: {', '.join(others[:5])}." if others else " It is empty."
+        raise DreamlabError(f"{what} folder {folder} has no images "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))}).{seen}")
+    return files
+
+
+def open_image(path) -> Image.Image:
+    """Open a photo upright (phones store rotation in EXIF) and in RGB."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DreamlabError(f"cannot read image {path}: {e}. Remove or replace that file.") from None
+
+
+def resize_and_crop(image: Image.Image, size: int, center: bool = True,
+                    rng: np.random.Generator | None = None) -> Image.Image:
+    """Scale the short side to `size`, then cut a `size` x `size` square (centred or random)."""
+    w, h = image.size
+    scale = size / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                         Image.Resampling.BICUBIC)
+    w, h = image.size
+    if center or rng is None:
+        left, top = (w - size) // 2, (h - size) // 2
+    else:
+        left, top = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor (3, H, W) in [-1, 1], the range SD's VAE was trained on."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def to_pil(tensor: torch.Tensor) -> Image.Image:
+    """The inverse of to_tensor, for showing a (3, H, W) tensor in [-1, 1]."""
+    array = ((tensor.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return Image.fromarray(array.permute(1, 2, 0).numpy())
+
+
+def tokenize(tokenizer, prompt: str) -> torch.Tensor:
+    """A prompt -> its 77 token ids, padded as SD was trained."""
+    return tokenizer(prompt, padding="max_length", truncation=True,
+                     max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
+
+
+class DreamBoothDataset(Dataset):
+    """Pairs each instance photo with the instance prompt, and (with prior preservation)
+    each class image with the class prompt. Its length is the larger of the two sets, so one
+    pass shows every image of both at least once."""
+
+    def __init__(self, instance_dir, instance_prompt: str, tokenizer, resolution: int = 512,
+                 class_dir=None, class_prompt: str | None = None, center_crop: bool = True,
+                 seed: int = 0):
+        self.resolution, self.center_crop = resolution, center_crop
+        self.rng = np.random.default_rng(seed)
+        self.instance_files = list_images(instance_dir, "instance")
+        # Photos are decoded and shrunk once: a 4000 px JPEG takes longer to decode than a step.
+        self.instance_images = [self._shrink(open_image(p)) for p in self.instance_files]
+        self.instance_ids = tokenize(tokenizer, instance_prompt)
+        self.class_files = list_images(class_dir, "class") if class_dir is not None else []
+        if self.class_files:
+            for p in self.class_files:  # fail now, naming the file, rather than mid-training
+                open_image(p)
+            self.class_ids = tokenize(tokenizer, class_prompt)
+
+    def _shrink(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        scale = self.resolution / min(w, h)
+        return image if scale >= 1 else image.resize((round(w * scale), round(h * scale)),
+                                                      Image.Resampling.LANCZOS)
+
+    def _prepare(self, image: Image.Image) -> torch.Tensor:
+        return to_tensor(resize_and_crop(image, self.resolution, self.center_crop, self.rng))
+
+    def __len__(self) -> int:
+        return max(len(self.instance_images), len(self.class_files))
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"instance_images": self._prepare(self.instance_images[i % len(self.instance_images)]),
+                "instance_ids": self.instance_ids}
+        if self.class_files:
+            item["class_images"] = self._prepare(open_image(self.class_files[i % len(self.class_files)]))
+            item["class_ids"] = self.class_ids
+        return item
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stack a batch; class examples go after instance ones so the loss can split them."""
+    pixels = [e["instance_images"] for e in examples] + [e["class_images"] for e in examples
+                                                         if "class_images" in e]
+    ids = [e["instance_ids"] for e in examples] + [e["class_ids"] for e in examples
+                                                   if "class_ids" in e]
+    return {"pixel_values": torch.stack(pixels), "input_ids": torch.stack(ids),
+            "num_instance": len(examples)}
+
+
+def generate_class_images(pipeline, class_dir, class_prompt: str, num_images: int,
+                          batch_size: int = 4, resolution: int = 512, num_inference_steps: int = 25,
+                          guidance_scale: float = 7.5, seed: int = 0) -> list[Path]:
+    """Fill `class_dir` up to `num_images` pictures of the class, made by the base model.
+
+    Images already there are kept and counted, so an interrupted run picks up where it stopped.
+    Each image's seed is its number, so the set is the same whatever the batch size.
+    """
+    class_dir = Path(class_dir)
+    class_dir.mkdir(parents=True, exist_ok=True)
+    have = [p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    missing = num_images - len(have)
+    if missing <= 0:
+        return list_images(class_dir, "class")
+    device = pipeline.unet.device
+    index = max([int(p.stem.split("-")[-1]) for p in have if p.stem.split("-")[-1].isdigit()],
+                default=-1) + 1
+    with tqdm(total=missing, desc="class images") as bar:
+        while missing > 0:
+            n = min(batch_size, missing)
+            seeds = [seed * 100_000 + index + k for k in range(n)]
+            images = pipeline([class_prompt] * n, height=resolution, width=resolution,
+                              num_inference_steps=num_inference_steps,
+                              guidance_scale=guidance_scale,
+                              generator=[torch.Generator(device).manual_seed(s) for s in seeds]).images
+            for image in images:
+                tmp = class_dir / f"class-{index:05d}.png.part"
+                image.save(tmp, format="PNG")
+                tmp.rename(class_dir / f"class-{index:05d}.png")  # never a half-written image
+                index += 1
+            missing -= n
+            bar.update(n)
+    return list_images(class_dir, "class")

@@ -1,0 +1,68 @@
+"""A small Stable Diffusion that needs no download: same classes and layout, far fewer weights.
+
+It has SD v1's real tokenizer (data/sd-v1-tokenizer, see scripts/build_tokenizer.py), its
+noise schedule, a VAE that shrinks images 8 times into 4 latent channels, and a UNet with
+cross-attention to the text encoder's output. Its weights are random: it runs every line of
+the course on a CPU in seconds, but draws noise-like pictures.
+"""
+
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .settings import DATA
+
+TOKENIZER = DATA / "sd-v1-tokenizer"
+OFFLINE_MODEL = DATA / "offline-sd"  # built on first use; not in git
+
+# SD v1's noise schedule, exactly as in its scheduler/scheduler_config.json
+SD_V1_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                      beta_schedule="scaled_linear", steps_offset=1, set_alpha_to_one=False,
+                      skip_prk_steps=True, prediction_type="epsilon")
+
+
+def build_offline_model(out: Path = OFFLINE_MODEL, seed: int = 0) -> Path:
+    """Write a small random-weight SD in diffusers layout (safetensors) to `out`."""
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=77, hidden_size=32,
+        intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        hidden_act="quick_gelu"))  # SD v1's text encoder is CLIP ViT-L/14's: quick_gelu
+    vae = AutoencoderKL(  # four blocks, three downsamplings: 8x smaller, as in SD
+        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        block_out_channels=(8, 16, 32, 32), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=0.18215, sample_size=64)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), norm_num_groups=8, attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=text_encoder.config.hidden_size)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=PNDMScheduler(**SD_V1_SCHEDULE), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    # Write next to the target, then rename: an interrupted build never leaves half a model.
+    tmp = out.with_name(out.name + ".tmp")
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    # Ship the tokenizer files exactly as SD's hub folder has them (vocab.json + merges.txt),
+    # which every transformers version reads.
+    shutil.rmtree(tmp / "tokenizer")
+    shutil.copytree(TOKENIZER, tmp / "tokenizer")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def offline_model() -> str:
+    """The offline model's folder, built the first time (a few seconds)."""
+    if not (OFFLINE_MODEL / "model_index.json").exists():
+        build_offline_model()
+    return str(OFFLINE_MODEL)

@@ -1,0 +1,92 @@
+"""Pictures in notebooks: a figure that updates in place while a cell runs, and loss curves.
+
+The live figure is a display handle holding a PNG: `display(..., display_id=True)` then
+`.update()`. That works in JupyterLab, classic Jupyter and Colab alike, and a notebook run
+headless keeps the last picture in its output.
+"""
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # draw to PNG bytes ourselves; no GUI backend needed
+import matplotlib.pyplot as plt  # noqa: E402
+from IPython.display import Image as IPyImage  # noqa: E402
+from IPython.display import display  # noqa: E402
+
+
+def png(fig) -> IPyImage:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return IPyImage(data=buffer.getvalue(), format="png")
+
+
+class LiveFigure:
+    """A matplotlib figure shown once and redrawn in place: `live.update()` after changing it."""
+
+    def __init__(self, *args, **kwargs):
+        self.fig, self.axes = plt.subplots(*args, **kwargs)
+        plt.close(self.fig)  # keep pyplot from showing it a second time at the end of the cell
+        self.handle = display(png(self.fig), display_id=True)
+
+    def update(self):
+        self.handle.update(png(self.fig))
+
+
+def smooth(values: list[float], window: int = 10) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_losses(ax, history: list[dict]) -> None:
+    """Draw the training losses on `ax`: raw (faint) and smoothed, instance and prior parts."""
+    ax.clear()
+    steps = [h["step"] for h in history]
+    for key, colour in (("loss", "C0"), ("instance_loss", "C1"), ("prior_loss", "C2")):
+        values = [h[key] for h in history if key in h]
+        if values and (key == "loss" or "prior_loss" in history[0]):
+            ax.plot(steps, values, colour, alpha=0.25, lw=1)
+            ax.plot(steps, smooth(values), colour, lw=2, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+
+
+class LiveLoss(LiveFigure):
+    """A loss curve that redraws every `every` steps: pass `live.on_step` to train()."""
+
+    def __init__(self, every: int = 5):
+        super().__init__(figsize=(7, 3.5))
+        self.every, self.history = every, []
+
+    def on_step(self, step: int, logs: dict) -> None:
+        self.history.append(logs)
+        if step % self.every == 0 or step == 1:
+            plot_losses(self.axes, self.history)
+            self.update()
+
+    def finish(self) -> None:
+        plot_losses(self.axes, self.history)
+        self.update()
+
+
+def show_images(images, titles=None, cols=None, size=2.5):
+    """Show PIL images (or (H, W) / (H, W, 3) arrays) side by side with titles."""
+    cols = cols or len(images)
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, image in enumerate(images):
+        ax = axes.flat[i]
+        ax.imshow(image, cmap="gray" if getattr(image, "ndim", 3) == 2 else None)
+        if titles:
+            ax.set_title(titles[i], fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    display(png(fig))
+    return fig
