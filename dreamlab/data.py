@@ -131,12 +131,20 @@ def generate_class_images(pipeline, class_dir, class_prompt: str, num_images: in
                           guidance_scale: float = 7.5, seed: int = 0) -> list[Path]:
     """Fill `class_dir` up to `num_images` pictures of the class, made by the base model.
 
-    Images already there are kept and counted, so an interrupted run picks up where it stopped.
+    Images already there are kept and counted, so an interrupted run picks up where it stopped
+    (your own class photos can be put there too).
     Each image's seed is its number, so the set is the same whatever the batch size.
     """
     class_dir = Path(class_dir)
     class_dir.mkdir(parents=True, exist_ok=True)
     have = [p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    # The folder remembers its prompt, so changing "a dog" to "a cat" cannot reuse dog images.
+    record = class_dir / "class_prompt.txt"
+    if have and record.exists() and record.read_text().strip() != class_prompt.strip():
+        raise DreamlabError(
+            f"class folder {class_dir} holds images made for {record.read_text().strip()!r}, "
+            f"not {class_prompt!r}: choose another class_dir, or empty that folder.")
+    record.write_text(class_prompt + "\n")
     missing = num_images - len(have)
     if missing <= 0:
         return list_images(class_dir, "class")

@@ -74,8 +74,11 @@ class LiveLoss(LiveFigure):
         self.update()
 
 
-def show_images(images, titles=None, cols=None, size=2.5):
-    """Show PIL images (or (H, W) / (H, W, 3) arrays) side by side with titles."""
+def show_images(images, titles=None, cols=None, size=2.5) -> None:
+    """Show PIL images (or (H, W) / (H, W, 3) arrays) side by side with titles.
+
+    Returns nothing: a figure returned as a cell's last value would be shown a second time
+    (or as "<Figure size ...>" text)."""
     cols = cols or len(images)
     rows = -(-len(images) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
@@ -89,4 +92,3 @@ def show_images(images, titles=None, cols=None, size=2.5):
     fig.tight_layout()
     plt.close(fig)
     display(png(fig))
-    return fig

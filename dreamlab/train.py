@@ -6,7 +6,6 @@ Lesson 3 runs training_step by hand, then calls train(); the command line calls 
 import math
 import shutil
 from dataclasses import dataclass, field
-from itertools import cycle
 from pathlib import Path
 
 import torch
@@ -93,6 +92,12 @@ def save_model(sd: StableDiffusion, output_dir) -> Path:
     return out
 
 
+def forever(loader):
+    """Batches without end, reshuffled every pass (itertools.cycle would replay the first pass)."""
+    while True:
+        yield from loader
+
+
 def place(module: torch.nn.Module, device, dtype: torch.dtype) -> None:
     module.to(device)
     if module.dtype != dtype:  # cast only when needed (diffusers warns on every cast)
@@ -139,7 +144,7 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, save: bo
         sd.text_encoder = accelerator.prepare(sd.text_encoder)
         trained.append(sd.text_encoder)
 
-    history, batches = [], cycle(loader)
+    history, batches = [], forever(loader)
     bar = tqdm(range(s.max_train_steps), desc="training", disable=not accelerator.is_main_process)
     for step in bar:
         for _ in range(s.gradient_accumulation_steps):  # one optimiser step per bar tick
@@ -164,6 +169,10 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, save: bo
     accelerator.wait_for_everyone()
     sd.unet, sd.text_encoder = accelerator.unwrap_model(sd.unet), accelerator.unwrap_model(sd.text_encoder)
     sd.unet.eval(), sd.text_encoder.eval()
+    # The frozen parts ran in half precision under fp16/bf16: back to float32, so that the
+    # pipeline (whose dtypes must agree) can sample with the result.
+    for module in (sd.vae, sd.text_encoder):
+        place(module, accelerator.device, torch.float32)
     out = None
     if save and accelerator.is_main_process:
         out = save_model(sd, s.output_dir)

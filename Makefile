@@ -1,0 +1,30 @@
+# Two commands on a fresh machine (Python 3.10+ with venv):
+#   make lessons   run the four lessons offline on the CPU -> build/lessons/*.html and *.ipynb
+#   make test      run the tests (notebooks included)
+# Both first make .venv with the CPU build of torch and the package (once).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: lessons test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"  # the CPU build; an unpinned torch pulls a multi-GB CUDA build
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+lessons: $(VENV)/.installed
+	$(PY) -m dreamlab.lessons
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf build output data/offline-sd

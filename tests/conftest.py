@@ -1,0 +1,44 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from dreamlab.settings import ROOT
+
+# The public DreamBooth photos live beside the checkout (../shared/data/dreambooth).
+DREAMBOOTH = Path(os.environ.get("DREAMLAB_DREAMBOOTH_DATA",
+                                 ROOT.parent / "shared" / "data" / "dreambooth"))
+
+
+@pytest.fixture(scope="session")
+def dreambooth_photos() -> Path:
+    if not (DREAMBOOTH / "dog").is_dir():
+        pytest.fail(f"the DreamBooth photos are not at {DREAMBOOTH}; "
+                    "set DREAMLAB_DREAMBOOTH_DATA to the dataset folder")
+    return DREAMBOOTH
+
+
+@pytest.fixture(scope="session")
+def offline_path() -> str:
+    from dreamlab import offline_model
+
+    return offline_model()
+
+
+@pytest.fixture
+def sd(offline_path):
+    """A freshly loaded offline model (tests that train change its weights)."""
+    from dreamlab import load_model
+
+    return load_model(offline_path)
+
+
+@pytest.fixture(scope="session")
+def class_dir(tmp_path_factory, offline_path) -> Path:
+    """Four class images made by the offline model, shared by the tests that need some."""
+    from dreamlab import generate_class_images, load_model
+
+    folder = tmp_path_factory.mktemp("class-images")
+    generate_class_images(load_model(offline_path).pipeline(), folder, "a photo of a dog", 4,
+                          batch_size=4, resolution=64, num_inference_steps=2)
+    return folder

@@ -1,0 +1,69 @@
+import os
+import shutil
+import subprocess
+import sys
+
+from PIL import Image
+
+TRAIN_FLAGS = ["--resolution", "64", "--max-train-steps", "3", "--learning-rate", "1e-3",
+               "--device", "cpu", "--num-inference-steps", "2", "--num-class-images", "2",
+               "--sample-batch-size", "2"]
+
+
+def run(*args, launcher=(sys.executable, "-m")):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_train_then_sample_from_the_command_line(tmp_path, offline_path, dreambooth_photos):
+    out = tmp_path / "model"
+    done = run("dreamlab", "train", "--model", offline_path, "--instance-dir",
+               str(dreambooth_photos / "dog"), "--class-dir", str(tmp_path / "class"),
+               "--output-dir", str(out), *TRAIN_FLAGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"saved the fine-tuned model to {out}" in done.stdout
+    assert len(list((tmp_path / "class").glob("*.png"))) == 2  # prior preservation is on by default
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
+
+    grid = tmp_path / "grid.png"
+    done = run("dreamlab", "sample", "--model", str(out), "--prompt", "a photo of sks dog",
+               "--prompt", "a photo of a dog", "--seeds", "0", "1", "2", "--resolution", "64",
+               "--steps", "2", "--device", "cpu", "--out", str(grid))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Image.open(grid).size == (3 * 64, 2 * 64)
+
+
+def test_bad_input_gets_one_clear_line_not_a_traceback(tmp_path, offline_path):
+    (tmp_path / "photos").mkdir()
+    done = run("dreamlab", "train", "--model", offline_path, "--instance-dir", str(tmp_path / "photos"),
+               "--no-prior-preservation", *TRAIN_FLAGS)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"dreamlab: error: instance folder {tmp_path / 'photos'} has no images" in done.stderr
+
+    done = run("dreamlab", "train", "--model", str(tmp_path), "--instance-dir", str(tmp_path), *TRAIN_FLAGS)
+    assert done.returncode == 2 and "not a Stable Diffusion model folder" in done.stderr
+
+    done = run("dreamlab", "train", "--resolution", "65", "--instance-dir", str(tmp_path))
+    assert done.returncode == 2 and "resolution=65" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_setting_is_a_flag_with_the_same_default():
+    from dreamlab.settings import setting_names
+    done = run("dreamlab", "train", "--help")
+    flags = done.stdout.replace("\n", " ")
+    for name in setting_names():
+        assert "--" + name.replace("_", "-") in flags, name
+    assert "--no-prior-preservation" in flags and "default: 400" in flags
+
+
+def test_runs_under_accelerate_launch(tmp_path, offline_path, dreambooth_photos):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    assert accelerate, "accelerate's launcher is installed with the package"
+    done = run("--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "-m", "dreamlab", "train", "--model", offline_path,
+               "--instance-dir", str(dreambooth_photos / "dog"), "--no-prior-preservation",
+               "--output-dir", str(tmp_path / "out"), *TRAIN_FLAGS,
+               launcher=(accelerate, "launch"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "model_index.json").exists()
