@@ -1,0 +1,104 @@
+"""The memory planner: estimates on the meta device (no weights, no GPU), and the settings it picks."""
+
+import pytest
+import torch
+
+from dreamlab import DreamlabError, memory
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(offline_path):
+    """estimate() for the small random model at 64 px: a fraction of a second each."""
+    return lambda **options: memory.estimate(**{"model": offline_path, "resolution": 64, **options})
+
+
+def test_sd15_configs_give_its_known_parameter_counts():
+    parts = memory.meta_model()
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in parts.items()}
+    assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+    assert all(p.device.type == "meta" for module in parts.values() for p in module.parameters())
+
+
+def test_a_local_model_folder_is_built_from_its_configs(offline_path):
+    unet = memory.meta_model(offline_path)["unet"]
+    assert list(unet.config.block_out_channels) == [32, 64] and unet.device.type == "meta"
+    with pytest.raises(DreamlabError):
+        memory.meta_model("no/such-model")
+
+
+def test_the_counter_agrees_with_pytorchs_memtracker(offline_path):
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    unet = memory.meta_model(offline_path)["unet"]
+    with torch.device("meta"):
+        inputs = torch.empty(2, 4, 8, 8), torch.zeros(2), torch.empty(2, 77, unet.config.cross_attention_dim)
+    tracker, counter = MemTracker(), memory.LiveBytes()
+    tracker.track_external(unet, *inputs)
+    counter.know([*unet.parameters(), *inputs])
+    with tracker, counter:
+        unet(*inputs).sample.float().pow(2).mean().backward()
+    weights_and_inputs = sum(t.nbytes for t in [*unet.parameters(), *inputs])
+    tracked = tracker.get_tracker_snapshot("peak")[torch.device("meta")]["Total"] - weights_and_inputs
+    assert counter.peak == pytest.approx(tracked, rel=0.01)
+
+
+def test_more_pixels_or_images_need_more_memory(tiny):
+    small, large, batch2 = tiny(), tiny(resolution=128), tiny(train_batch_size=2)
+    assert large["activations"] > 2 * small["activations"]
+    assert batch2["activations"] > 1.5 * small["activations"]
+    assert large["total"] > small["total"] and batch2["batch"] == 4  # prior preservation doubles it
+    assert tiny(prior_preservation=False)["batch"] == 1
+
+
+def test_the_savings_do_what_they_say(tiny):
+    full = tiny()
+    assert tiny(gradient_checkpointing=True)["activations"] < 0.6 * full["activations"]
+    assert tiny(use_8bit_adam=True)["optimizer"] == pytest.approx(full["optimizer"] / 4)
+    assert tiny(mixed_precision="fp16")["weights"] < full["weights"]  # frozen VAE, text encoder in half
+    assert tiny(cache_latents=True)["weights"] < tiny()["weights"]  # the VAE and text encoder leave
+    lora = tiny(lora=True)
+    assert lora["trained_params"] < 0.05 * full["trained_params"]
+    assert lora["gradients"] + lora["optimizer"] < 0.05 * (full["gradients"] + full["optimizer"])
+    assert tiny(train_text_encoder=True)["trained_params"] > full["trained_params"]
+    with pytest.raises(DreamlabError, match="unknown option"):
+        tiny(batch_size=2)
+
+
+def test_plan_fits_the_budget_and_prefers_the_full_fine_tune(tiny, offline_path):
+    options, need = memory.plan(100.0, model=offline_path, resolution=64)  # plenty
+    assert options["mixed_precision"] == "no" and not options["lora"] and need == tiny()
+    budget = tiny(lora=True, mixed_precision="fp16")["total"] * 1.01 / 0.95  # LoRA fits, no full one
+    options, need = memory.plan(budget, model=offline_path, resolution=64)
+    assert options["lora"] and need["total"] <= 0.95 * budget
+    with pytest.raises(DreamlabError, match="nothing fits"):
+        memory.plan(0.001, model=offline_path, resolution=64)
+    rows = memory.table(model=offline_path, resolution=64)
+    assert len(rows) == len(memory.LADDER) and "full fine-tune" in memory.format_table(rows)
+
+
+def test_sd15_matches_known_figures():
+    full = memory.estimate(resolution=512)  # the UNet, float32 AdamW: 16 bytes a weight
+    assert full["weights"] > 3.2 and full["gradients"] + full["optimizer"] == pytest.approx(9.61, abs=0.01)
+    # The Colab recipe: UNet and text encoder, fp16, checkpointing, 8-bit Adam, cached latents;
+    # 9.92 GB (9.24 GiB) measured on a T4, the CUDA context and the allocator's slack included
+    recipe = memory.estimate(train_text_encoder=True, mixed_precision="fp16", gradient_checkpointing=True,
+                             use_8bit_adam=True, cache_latents=True)
+    assert 8.5 < recipe["total"] < 9.24
+    assert memory.estimate(lora=True, mixed_precision="fp16", gradient_checkpointing=True)["total"] < 4
+    assert memory.estimate(lora=True)["trained_params"] == 797_184  # rank 4, as diffusers' LoRA script
+
+
+def test_math_attention_keeps_the_probabilities():
+    probs = memory.attention_probabilities(resolution=512, batch=2)
+    assert probs["largest"] == 1.0  # (2 x 8 heads, 4096, 4096) float32 at 64 x 64 latents
+    assert probs["count"] == 32  # 16 transformer blocks, self- and cross-attention
+    math, fused = memory.estimate(attention="math"), memory.estimate()
+    assert math["activations"] - fused["activations"] > probs["total"] - 0.5
