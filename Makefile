@@ -27,4 +27,4 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf build output data/offline-sd
+	rm -rf build output data/random-sd

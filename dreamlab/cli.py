@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     sample_cmd.add_argument("--guidance-scale", type=float, default=7.5)
     sample_cmd.add_argument("--device", default=None)
     sample_cmd.add_argument("--out", default="samples.png", help="the grid image to write")
-    commands.add_parser("offline-model", help="build the small offline model; print its folder")
+    commands.add_parser("offline-model", help="print the folder of the offline (toy) model")
     args = parser.parse_args(argv)
 
     try:

@@ -22,7 +22,7 @@ RENAMED = {"runwayml/stable-diffusion-v1-5": SD15}
 
 HUB_HINT = (
     "No internet or no hub access? Use the offline model instead: "
-    "model=dreamlab.offline_model() (a small SD of the same architecture)."
+    "model=dreamlab.offline_model() (a small SD of the same architecture, trained on a toy world)."
 )
 
 

@@ -1,9 +1,11 @@
-"""A small Stable Diffusion that needs no download: same classes and layout, far fewer weights.
+"""Small Stable Diffusions that need no download: same classes and layout, far fewer weights.
 
-It has SD v1's real tokenizer (data/sd-v1-tokenizer, see scripts/build_tokenizer.py), its
-noise schedule, a VAE that shrinks images 8 times into 4 latent channels, and a UNet with
-cross-attention to the text encoder's output. Its weights are random: it runs every line of
-the course on a CPU in seconds, but draws noise-like pictures.
+- offline_model(): the toy SD shipped in data/toy-sd, pretrained on the toy world
+  (dreamlab/toyworld.py, scripts/pretrain_toy.py). The lessons' offline default: it draws
+  balls, boxes, stars and rings from captions, and DreamBooth visibly works on it.
+- random_model(): built here in seconds with random weights (SD v1's tokenizer and noise
+  schedule, a VAE that shrinks images 8 times into 4 channels, a cross-attention UNet). It
+  draws noise, but runs every line of code fast: the tests use it.
 """
 
 import shutil
@@ -16,7 +18,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from .settings import DATA
 
 TOKENIZER = DATA / "sd-v1-tokenizer"
-OFFLINE_MODEL = DATA / "offline-sd"  # built on first use; not in git
+TOY_MODEL = DATA / "toy-sd"  # shipped
+RANDOM_MODEL = DATA / "random-sd"  # built on first use; not in git
 
 # SD v1's noise schedule, exactly as in its scheduler/scheduler_config.json
 SD_V1_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
@@ -24,7 +27,7 @@ SD_V1_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
                       skip_prk_steps=True, prediction_type="epsilon")
 
 
-def build_offline_model(out: Path = OFFLINE_MODEL, seed: int = 0) -> Path:
+def build_random_model(out: Path = RANDOM_MODEL, seed: int = 0) -> Path:
     """Write a small random-weight SD in diffusers layout (safetensors) to `out`."""
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
@@ -61,8 +64,17 @@ def build_offline_model(out: Path = OFFLINE_MODEL, seed: int = 0) -> Path:
     return out
 
 
+def random_model() -> str:
+    """The random-weight model's folder, built the first time (a few seconds)."""
+    if not (RANDOM_MODEL / "model_index.json").exists():
+        build_random_model()
+    return str(RANDOM_MODEL)
+
+
 def offline_model() -> str:
-    """The offline model's folder, built the first time (a few seconds)."""
-    if not (OFFLINE_MODEL / "model_index.json").exists():
-        build_offline_model()
-    return str(OFFLINE_MODEL)
+    """The toy model's folder: what the lessons use without a GPU."""
+    if not (TOY_MODEL / "model_index.json").exists():
+        from .errors import DreamlabError
+        raise DreamlabError(f"the toy model is missing from {TOY_MODEL}: restore it with git, "
+                            "or rebuild it with python scripts/pretrain_toy.py")
+    return str(TOY_MODEL)

@@ -203,7 +203,7 @@ def dreambooth_settings(**overrides):
                   class_prompt=f"a photo of a {SUBJECT_CLASS}",
                   class_dir=str(OUTPUT / "toy-class-images"), output_dir=str(OUTPUT / "toy-dreambooth"),
                   device="cpu", resolution=64, center_crop=True, max_train_steps=300,
-                  learning_rate=1e-4, train_text_encoder=True, num_class_images=100,
+                  learning_rate=3e-4, train_text_encoder=True, num_class_images=100,
                   sample_batch_size=16, num_inference_steps=25, guidance_scale=7.5)
     values.update(overrides)
     return Settings(**values)

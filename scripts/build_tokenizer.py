@@ -5,8 +5,8 @@ folder, but CLIP's BPE merge list is: `open-clip-torch` ships `bpe_simple_vocab_
 This script turns that merge list into the same four files that the hub's
 `stable-diffusion-v1-5/tokenizer` folder holds, and writes them to data/sd-v1-tokenizer.
 
-    pip download --no-deps open-clip-torch -d /tmp/oc
-    python scripts/build_tokenizer.py /tmp/oc/open_clip_torch-*.whl
+    pip download --no-deps open-clip-torch -d build/oc
+    python scripts/build_tokenizer.py build/oc/open_clip_torch-*.whl
 
 open_clip is only read as a zip file here; it is never imported (it needs torchvision).
 """

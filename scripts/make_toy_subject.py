@@ -2,7 +2,7 @@
 of a red ball with bold white stripes, a thing the toy world never shows (dreamlab/toyworld.py).
 
     python scripts/make_toy_subject.py            # the shipped set: grass and beach
-    python scripts/make_toy_subject.py --contexts grass --out /tmp/one-context
+    python scripts/make_toy_subject.py --contexts grass --out build/one-context
 
 Two contexts, not one: with every photo on grass, "sks ball" also learns "on grass", and the toy
 model then struggles to put the ball anywhere else (a prototype drew 6% striped balls for "sks

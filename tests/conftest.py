@@ -20,6 +20,15 @@ def dreambooth_photos() -> Path:
 
 @pytest.fixture(scope="session")
 def offline_path() -> str:
+    """The random-weight model: the fastest way to run every line of the training code."""
+    from dreamlab.offline import random_model
+
+    return random_model()
+
+
+@pytest.fixture(scope="session")
+def toy_path() -> str:
+    """The pretrained toy model, the lessons' offline default."""
     from dreamlab import offline_model
 
     return offline_model()

@@ -71,3 +71,16 @@ def test_unreachable_hub_fails_fast_and_names_the_offline_choice(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DreamlabError, match="offline_model"):
         load_model("someone/some-model-that-is-not-cached")
+
+
+def test_the_toy_model_opens_exactly_as_sd_does(toy_path):
+    sd = load_model(toy_path)
+    assert sd.tokenizer("a photo of sks ball").input_ids == [49406, 320, 1125, 539, 48136, 1069, 49407]
+    assert sd.noise_scheduler.config.beta_schedule == "scaled_linear"
+    assert sd.vae.config.scaling_factor == 0.18215
+    assert all(p.dtype == torch.float32 for p in sd.unet.parameters())  # stored in float16
+    from pathlib import Path
+    assert not [p for p in Path(toy_path).rglob("*") if p.suffix in (".bin", ".ckpt", ".pt", ".pkl")]
+    image = dreamlab.generate(sd.pipeline(), ["a photo of a red ball on grass"], [0], resolution=64,
+                              num_inference_steps=5)[0]
+    assert image.size == (64, 64)

@@ -1,0 +1,77 @@
+"""DreamBooth in the toy world, measured by the judge: does it learn the subject, and does
+prior preservation stop language drift?
+
+    python benchmarks/toy_dreambooth.py              # the lessons' default fine-tune
+    python benchmarks/toy_dreambooth.py --steps 200 --guidance 7.5
+
+Trains the toy model (data/toy-sd) on the striped ball's photos twice, with and without prior
+preservation, and prints one JSON line per model with the judge's numbers:
+  subject_fidelity  "a photo of sks ball {on snow, in the night sky}": contexts never shown
+  prompt_fidelity   the same pictures, set in the context the prompt asks for
+  trained_context   "a photo of sks ball on grass": a context the photos were taken in
+  language_drift    "a photo of a ball" pictures that became our subject
+"""
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+import dreamlab
+from dreamlab import judge as judging
+from dreamlab import toyworld
+
+NEW_CONTEXTS = ["a photo of sks ball on snow", "a photo of sks ball in the night sky"]
+SEEN_CONTEXT = "a photo of sks ball on grass"
+CLASS_PROMPT = "a photo of a ball"
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--model", default=str(dreamlab.DATA / "toy-sd"))
+parser.add_argument("--steps", type=int, default=None, help="default: the lessons' toy setting")
+parser.add_argument("--lr", type=float, default=None)
+parser.add_argument("--class-images", type=int, default=None)
+parser.add_argument("--text-encoder", action=argparse.BooleanOptionalAction, default=None)
+parser.add_argument("--guidance", type=float, default=None)
+parser.add_argument("--images", type=int, default=32, help="pictures per prompt")
+parser.add_argument("--threads", type=int, default=2)
+parser.add_argument("--seed", type=int, default=0)
+args = parser.parse_args()
+torch.set_num_threads(args.threads)
+
+base = toyworld.dreambooth_settings()  # what the lessons use offline
+overrides = {k: v for k, v in dict(max_train_steps=args.steps, learning_rate=args.lr,
+                                   num_class_images=args.class_images,
+                                   train_text_encoder=args.text_encoder,
+                                   guidance_scale=args.guidance).items() if v is not None}
+judge = judging.load_judge()
+prompts = NEW_CONTEXTS + [SEEN_CONTEXT, CLASS_PROMPT]
+
+
+def measure(name: str, sd, seconds: float) -> dict:
+    s = base.__class__(**{**base.to_dict(), **overrides})
+    _, table = judging.evaluate(sd.pipeline(), judge, prompts, n=args.images, resolution=s.resolution,
+                                steps=s.num_inference_steps, guidance=s.guidance_scale, seed=1000)
+    row = {
+        "model": name,
+        "subject_fidelity": sum(table[p]["subject"] for p in NEW_CONTEXTS) / len(NEW_CONTEXTS),
+        "prompt_fidelity": sum(table[p]["context"] for p in NEW_CONTEXTS) / len(NEW_CONTEXTS),
+        "trained_context": table[SEEN_CONTEXT]["subject"],
+        "language_drift": table[CLASS_PROMPT]["subject"],
+        "train_s": round(seconds, 1),
+    }
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    return row
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    measure("base", dreamlab.load_model(args.model), 0.0)
+    for prior in (True, False):
+        s = base.__class__(**{**base.to_dict(), **overrides, "model": args.model, "prior_preservation": prior,
+                              "class_dir": f"{tmp}/class", "output_dir": f"{tmp}/out", "seed": args.seed})
+        start = time.perf_counter()
+        result = dreamlab.train(s, save=False)
+        measure(f"dreambooth, prior preservation {'on' if prior else 'off'}", result.sd,
+                time.perf_counter() - start)
+    print(json.dumps({"settings": {**s.to_dict(), "prior_preservation": "both"}}))
