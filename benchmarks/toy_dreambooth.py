@@ -16,6 +16,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
@@ -40,19 +41,19 @@ parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 
-base = toyworld.dreambooth_settings()  # what the lessons use offline
 overrides = {k: v for k, v in dict(max_train_steps=args.steps, learning_rate=args.lr,
                                    num_class_images=args.class_images,
                                    train_text_encoder=args.text_encoder,
                                    guidance_scale=args.guidance).items() if v is not None}
+# the lessons' offline fine-tune, with the flags given
+base = toyworld.dreambooth_settings(model=args.model, seed=args.seed, **overrides)
 judge = judging.load_judge()
 prompts = NEW_CONTEXTS + [SEEN_CONTEXT, CLASS_PROMPT]
 
 
 def measure(name: str, sd, seconds: float) -> dict:
-    s = base.__class__(**{**base.to_dict(), **overrides})
-    _, table = judging.evaluate(sd.pipeline(), judge, prompts, n=args.images, resolution=s.resolution,
-                                steps=s.num_inference_steps, guidance=s.guidance_scale, seed=1000)
+    _, table = judging.evaluate(sd.pipeline(), judge, prompts, n=args.images, resolution=base.resolution,
+                                steps=base.num_inference_steps, guidance=base.guidance_scale, seed=1000)
     row = {
         "model": name,
         "subject_fidelity": sum(table[p]["subject"] for p in NEW_CONTEXTS) / len(NEW_CONTEXTS),
@@ -68,8 +69,7 @@ def measure(name: str, sd, seconds: float) -> dict:
 with tempfile.TemporaryDirectory() as tmp:
     measure("base", dreamlab.load_model(args.model), 0.0)
     for prior in (True, False):
-        s = base.__class__(**{**base.to_dict(), **overrides, "model": args.model, "prior_preservation": prior,
-                              "class_dir": f"{tmp}/class", "output_dir": f"{tmp}/out", "seed": args.seed})
+        s = replace(base, prior_preservation=prior, class_dir=f"{tmp}/class", output_dir=f"{tmp}/out")
         start = time.perf_counter()
         result = dreamlab.train(s, save=False)
         measure(f"dreambooth, prior preservation {'on' if prior else 'off'}", result.sd,

@@ -18,13 +18,13 @@ stripes. Three numbers follow, each a fraction of pictures in [0, 1]:
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
 from . import toyworld
+from .data import to_tensor
 from .settings import DATA
 
 # What the judge answers: one head per question; "is_subject" is a yes/no head.
@@ -57,13 +57,9 @@ class Judge(nn.Module):
 
     def to_pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL pictures -> (B, 3, size, size) in [-1, 1] (resized if need be, as the VAE sees them)."""
-        arrays = []
-        for image in images:
-            image = image.convert("RGB")
-            if image.size != (self.size, self.size):
-                image = image.resize((self.size, self.size), Image.BICUBIC)
-            arrays.append(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        size = (self.size, self.size)
+        return torch.stack([to_tensor(im.convert("RGB").resize(size, Image.BICUBIC)
+                                      if im.size != size else im.convert("RGB")) for im in images])
 
     @torch.no_grad()
     def predict(self, images: list[Image.Image], batch_size: int = 256) -> list[dict]:
