@@ -75,10 +75,23 @@ def tokenize(tokenizer, prompt: str) -> torch.Tensor:
                      max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
 
 
+def caption_of(image_file: Path, default: str) -> str:
+    """A `.txt` beside a photo (dog1.jpg -> dog1.txt) replaces the instance prompt for that photo:
+    "a photo of sks dog on a sofa" tells the model what in the photo is *not* the subject."""
+    caption = Path(image_file).with_suffix(".txt")
+    if not caption.exists():
+        return default
+    text = caption.read_text(encoding="utf-8").strip()
+    if not text:
+        raise DreamlabError(f"caption file {caption} is empty: write a prompt in it, or delete it "
+                            f"to use the instance prompt {default!r}.")
+    return text
+
+
 class DreamBoothDataset(Dataset):
-    """Pairs each instance photo with the instance prompt, and (with prior preservation)
-    each class image with the class prompt. Its length is the larger of the two sets, so one
-    pass shows every image of both at least once."""
+    """Pairs each instance photo with the instance prompt (or its own caption file), and (with
+    prior preservation) each class image with the class prompt. Its length is the larger of the
+    two sets, so one pass shows every image of both at least once."""
 
     def __init__(self, instance_dir, instance_prompt: str, tokenizer, resolution: int = 512,
                  class_dir=None, class_prompt: str | None = None, center_crop: bool = True,
@@ -88,7 +101,8 @@ class DreamBoothDataset(Dataset):
         self.instance_files = list_images(instance_dir, "instance")
         # Photos are decoded and shrunk once: a 4000 px JPEG takes longer to decode than a step.
         self.instance_images = [self._shrink(open_image(p)) for p in self.instance_files]
-        self.instance_ids = tokenize(tokenizer, instance_prompt)
+        self.instance_prompts = [caption_of(p, instance_prompt) for p in self.instance_files]
+        self.instance_ids = [tokenize(tokenizer, prompt) for prompt in self.instance_prompts]
         self.class_files = list_images(class_dir, "class") if class_dir is not None else []
         if self.class_files:
             for p in self.class_files:  # fail now, naming the file, rather than mid-training
@@ -108,12 +122,24 @@ class DreamBoothDataset(Dataset):
         return max(len(self.instance_images), len(self.class_files))
 
     def __getitem__(self, i: int) -> dict:
-        item = {"instance_images": self._prepare(self.instance_images[i % len(self.instance_images)]),
-                "instance_ids": self.instance_ids}
+        k = i % len(self.instance_images)
+        item = {"instance_images": self._prepare(self.instance_images[k]),
+                "instance_ids": self.instance_ids[k]}
         if self.class_files:
             item["class_images"] = self._prepare(open_image(self.class_files[i % len(self.class_files)]))
             item["class_ids"] = self.class_ids
         return item
+
+
+def subjects_dataset(subjects, tokenizer, resolution: int, prior_preservation: bool,
+                     center_crop: bool, seed: int) -> Dataset:
+    """One dataset for one subject, or several subjects' datasets end to end (shuffled together
+    by the DataLoader): each subject keeps its own prompt and its own class images."""
+    parts = [DreamBoothDataset(s.instance_dir, s.instance_prompt, tokenizer, resolution,
+                               class_dir=s.class_dir if prior_preservation else None,
+                               class_prompt=s.class_prompt, center_crop=center_crop, seed=seed + i)
+             for i, s in enumerate(subjects)]
+    return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
 
 
 def collate(examples: list[dict]) -> dict:

@@ -5,7 +5,7 @@ its flags (cli.py turns each field below into a `--flag`), so both share these d
 """
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import DreamlabError
@@ -17,6 +17,17 @@ DATA = ROOT / "data"  # shipped with the course: tokenizer, sample photos
 OUTPUT = Path(os.environ.get("DREAMLAB_OUTPUT", ROOT / "output"))
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 PRECISIONS = ("no", "fp16", "bf16")
+ATTENTIONS = ("sdpa", "math")
+
+
+@dataclass
+class Subject:
+    """One thing to learn: its photos and prompt, and the class it belongs to."""
+
+    instance_dir: str
+    instance_prompt: str
+    class_dir: str | None = None
+    class_prompt: str | None = None
 
 
 @dataclass
@@ -29,6 +40,9 @@ class Settings:
     prior_preservation: bool = True  # also train on class images so "a dog" stays any dog
     prior_loss_weight: float = 1.0
     num_class_images: int = 100
+    # More subjects in the same run, each a dict (or Subject) with instance_dir, instance_prompt,
+    # class_dir and class_prompt; "sks dog" and "zwx cat" then share one model.
+    more_subjects: list = field(default_factory=list)
 
     # The model and where results go
     model: str = SD15  # a hub id or a local folder in diffusers layout
@@ -49,7 +63,35 @@ class Settings:
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "no"  # "fp16" on a T4, "bf16" on newer GPUs
     train_text_encoder: bool = False
+    text_encoder_lr: float | None = None  # None: the same as learning_rate
+    text_encoder_stop_step: int | None = None  # freeze the text encoder from this step on
     seed: int = 0
+
+    # LoRA: train small low-rank adapters beside the frozen weights instead of the weights
+    lora: bool = False
+    lora_rank: int = 4  # the adapters' width: more learns more, and costs more
+    lora_alpha: float | None = None  # scales the adapters' output by alpha/rank; None: = rank
+
+    # Memory savers (see dreamlab/memory.py for what each saves)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit: a quarter of Adam's memory (CUDA only)
+    attention: str = "sdpa"  # "sdpa": PyTorch's fused attention; "math": the textbook one
+    cache_latents: bool = False  # encode each photo once; the VAE (and a frozen text encoder) leave the GPU
+    fused_optimizer_step: bool = False  # update each weight as soon as its gradient is ready
+
+    # Loss options
+    offset_noise: float = 0.0  # e.g. 0.1: lets the model learn very dark and very bright pictures
+    min_snr_gamma: float = 0.0  # e.g. 5.0: Min-SNR loss weighting (Hang et al. 2023); 0: off
+
+    # Checkpoints, to survive a disconnect: every N steps, the last K kept
+    checkpointing_steps: int = 0  # 0: none
+    checkpoints_total_limit: int = 2
+    resume_from: str | None = None  # "latest", or a checkpoint folder
+
+    # Samples while training: the same prompts and seeds every N steps
+    validation_prompts: list = field(default_factory=list)
+    validation_steps: int = 0  # 0: none
+    num_validation_images: int = 2  # per prompt (seeds 0, 1, ...)
 
     # Generation (class images and samples)
     sample_batch_size: int = 4
@@ -79,6 +121,23 @@ class Settings:
             bad("lr_scheduler", f"choose one of {', '.join(LR_SCHEDULERS)}")
         if self.mixed_precision not in PRECISIONS:
             bad("mixed_precision", f"choose one of {', '.join(PRECISIONS)}")
+        if self.attention not in ATTENTIONS:
+            bad("attention", f"choose one of {', '.join(ATTENTIONS)}")
+        for name in ("lora_rank", "checkpoints_total_limit", "num_validation_images"):
+            if getattr(self, name) < 1:
+                bad(name, "must be at least 1")
+        for name in ("offset_noise", "min_snr_gamma", "checkpointing_steps", "validation_steps"):
+            if getattr(self, name) < 0:
+                bad(name, "must not be negative (0 turns it off)")
+        if self.text_encoder_lr is not None and not 0 < self.text_encoder_lr <= 1e-2:
+            bad("text_encoder_lr", "must be above 0 and at most 1e-2 (None: the same as learning_rate)")
+        if self.text_encoder_stop_step is not None and not self.train_text_encoder:
+            bad("text_encoder_stop_step", "needs train_text_encoder=True")
+        if self.fused_optimizer_step and self.gradient_accumulation_steps > 1:
+            bad("fused_optimizer_step", "cannot accumulate gradients (it frees each one at once): "
+                "set gradient_accumulation_steps=1 or fused_optimizer_step=False")
+        if self.validation_steps and not self.validation_prompts:
+            bad("validation_steps", 'give validation_prompts too, e.g. ["a photo of sks dog on the beach"]')
         if not self.instance_prompt.strip():
             bad("instance_prompt", 'give a prompt with the rare token, e.g. "a photo of sks dog"')
         if self.prior_preservation:
@@ -88,7 +147,26 @@ class Settings:
                 bad("num_class_images", "prior preservation needs at least 1 class image")
         if not Path(self.instance_dir).is_dir():
             bad("instance_dir", "is not a folder; point it at the folder of your subject's photos")
+        for i, subject in enumerate(self.subjects()[1:]):
+            if not Path(subject.instance_dir).is_dir():
+                raise DreamlabError(f"more_subjects[{i}]: instance_dir {subject.instance_dir!r} "
+                                    "is not a folder")
+            if self.prior_preservation and not (subject.class_dir and subject.class_prompt):
+                raise DreamlabError(f"more_subjects[{i}]: prior preservation needs its class_dir "
+                                    "and class_prompt")
         return self
+
+    def subjects(self) -> list[Subject]:
+        """The main subject (instance_dir, instance_prompt, ...) then more_subjects."""
+        main = Subject(self.instance_dir, self.instance_prompt, self.class_dir, self.class_prompt)
+        more = []
+        for i, s in enumerate(self.more_subjects):
+            try:
+                more.append(s if isinstance(s, Subject) else Subject(**s))
+            except TypeError as e:
+                raise DreamlabError(f"more_subjects[{i}] = {s!r}: {e}; give instance_dir, "
+                                    "instance_prompt, class_dir and class_prompt") from None
+        return [main] + more
 
     def to_dict(self) -> dict:
         return asdict(self)
