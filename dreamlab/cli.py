@@ -30,7 +30,13 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         if isinstance(kind, types.UnionType):  # "str | None" -> str
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
-        if kind is bool:  # --prior-preservation / --no-prior-preservation
+        if f.name == "more_subjects":  # --more-subject DIR PROMPT CLASS_DIR CLASS_PROMPT, repeatable
+            parser.add_argument("--more-subject", dest=f.name, nargs=4, action="append", default=[],
+                                metavar=("INSTANCE_DIR", "INSTANCE_PROMPT", "CLASS_DIR", "CLASS_PROMPT"),
+                                help="another subject to learn in the same run (repeatable)")
+        elif kind is list:  # --validation-prompts "a photo of sks dog" "sks dog on the beach"
+            parser.add_argument(flag, nargs="+", default=[], metavar=f.name.upper())
+        elif kind is bool:  # --prior-preservation / --no-prior-preservation
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper(),
@@ -59,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             from .train import train
 
             values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
+            keys = ("instance_dir", "instance_prompt", "class_dir", "class_prompt")
+            values["more_subjects"] = [dict(zip(keys, subject)) for subject in values["more_subjects"]]
             result = train(Settings(**values))
             if result.output_dir:
                 print(f"saved the fine-tuned model to {result.output_dir}")

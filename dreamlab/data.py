@@ -97,7 +97,8 @@ class DreamBoothDataset(Dataset):
                  class_dir=None, class_prompt: str | None = None, center_crop: bool = True,
                  seed: int = 0):
         self.resolution, self.center_crop = resolution, center_crop
-        self.rng = np.random.default_rng(seed)
+        # Random crops depend only on (seed, epoch, index): a resumed run sees the same ones.
+        self.seed, self.epoch = seed, 0
         self.instance_files = list_images(instance_dir, "instance")
         # Photos are decoded and shrunk once: a 4000 px JPEG takes longer to decode than a step.
         self.instance_images = [self._shrink(open_image(p)) for p in self.instance_files]
@@ -115,20 +116,28 @@ class DreamBoothDataset(Dataset):
         return image if scale >= 1 else image.resize((round(w * scale), round(h * scale)),
                                                       Image.Resampling.LANCZOS)
 
-    def _prepare(self, image: Image.Image) -> torch.Tensor:
-        return to_tensor(resize_and_crop(image, self.resolution, self.center_crop, self.rng))
+    def _prepare(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        return to_tensor(resize_and_crop(image, self.resolution, self.center_crop, rng))
 
     def __len__(self) -> int:
         return max(len(self.instance_images), len(self.class_files))
 
     def __getitem__(self, i: int) -> dict:
-        k = i % len(self.instance_images)
-        item = {"instance_images": self._prepare(self.instance_images[k]),
+        k, rng = i % len(self.instance_images), np.random.default_rng((self.seed, self.epoch, i))
+        item = {"instance_images": self._prepare(self.instance_images[k], rng),
                 "instance_ids": self.instance_ids[k]}
         if self.class_files:
-            item["class_images"] = self._prepare(open_image(self.class_files[i % len(self.class_files)]))
+            class_image = open_image(self.class_files[i % len(self.class_files)])
+            item["class_images"] = self._prepare(class_image, rng)
             item["class_ids"] = self.class_ids
         return item
+
+
+def set_epoch(dataset, epoch: int) -> None:
+    """Tell the dataset(s) which pass this is: each pass draws new random crops."""
+    for part in getattr(dataset, "datasets", [dataset]):
+        if hasattr(part, "epoch"):
+            part.epoch = epoch
 
 
 def subjects_dataset(subjects, tokenizer, resolution: int, prior_preservation: bool,
@@ -142,14 +151,21 @@ def subjects_dataset(subjects, tokenizer, resolution: int, prior_preservation: b
     return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
 
 
+# What a dataset item may hold, and the batch key it is stacked under: pictures or their cached
+# latents (cache.py), token ids or their cached text embeddings.
+BATCH_KEYS = {"images": "pixel_values", "moments": "latent_moments", "ids": "input_ids",
+              "embeddings": "text_embeddings"}
+
+
 def collate(examples: list[dict]) -> dict:
     """Stack a batch; class examples go after instance ones so the loss can split them."""
-    pixels = [e["instance_images"] for e in examples] + [e["class_images"] for e in examples
-                                                         if "class_images" in e]
-    ids = [e["instance_ids"] for e in examples] + [e["class_ids"] for e in examples
-                                                   if "class_ids" in e]
-    return {"pixel_values": torch.stack(pixels), "input_ids": torch.stack(ids),
-            "num_instance": len(examples)}
+    batch = {"num_instance": len(examples)}
+    for kind, key in BATCH_KEYS.items():
+        rows = [e[f"instance_{kind}"] for e in examples if f"instance_{kind}" in e]
+        rows += [e[f"class_{kind}"] for e in examples if f"class_{kind}" in e]
+        if rows:
+            batch[key] = torch.stack(rows)
+    return batch
 
 
 def generate_class_images(pipeline, class_dir, class_prompt: str, num_images: int,

@@ -38,6 +38,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .errors import DreamlabError
+from .lora import LORA_TARGETS
 from .settings import SD15, Settings
 
 GiB = 2**30
@@ -60,16 +61,14 @@ SD15_CONFIGS = {
         layer_norm_eps=1e-5, attention_dropout=0.0, dropout=0.0, initializer_range=0.02,
         initializer_factor=1.0, bos_token_id=0, eos_token_id=2, pad_token_id=1),
 }
-# What LoRA adapts (as diffusers' train_dreambooth_lora.py): the attention projections
-LORA_TARGETS = {"unet": ["to_q", "to_k", "to_v", "to_out.0"],
-                "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"]}
 
 # The options estimate() takes; most are named and defaulted as in Settings.
 DEFAULTS = dict(model=SD15, resolution=Settings.resolution, train_batch_size=Settings.train_batch_size,
                 prior_preservation=Settings.prior_preservation,
                 train_text_encoder=Settings.train_text_encoder,
                 mixed_precision=Settings.mixed_precision, gradient_checkpointing=False,
-                use_8bit_adam=False, cache_latents=False, lora=False, lora_rank=4, attention="sdpa")
+                use_8bit_adam=False, cache_latents=False, lora=False, lora_rank=4, attention="sdpa",
+                fused_optimizer_step=False)
 
 
 def model_configs(model: str = SD15) -> dict:
@@ -227,14 +226,18 @@ def _estimate(options: tuple) -> tuple:
     trained = [p for p in tensors if p.requires_grad]
     n_trained = sum(p.numel() for p in trained)
     weights = sum(t.nbytes for t in tensors)
-    gradients = 4 * n_trained
+    # The fused step (optimizer.FusedStep) updates each weight and frees its gradient as soon as
+    # it is made: no full set of gradients, no whole-model optimizer temporaries.
+    fused = o["fused_optimizer_step"]
+    gradients = 0 if fused else 4 * n_trained
     optimizer = (2 if o["use_8bit_adam"] else 8) * n_trained
     # PyTorch's AdamW (foreach, the GPU default) makes one temporary the size of the weights in step()
-    step_temporary = 0 if o["use_8bit_adam"] else 4 * n_trained
+    step_temporary = 0 if o["use_8bit_adam"] or fused else 4 * n_trained
 
     counter.know(tensors)
     for p in trained:  # so that the counter can tell gradients from activations
-        p.register_post_accumulate_grad_hook(counter.count_gradient)
+        p.register_post_accumulate_grad_hook(
+            (lambda p: setattr(p, "grad", None)) if fused else counter.count_gradient)
     batch = o["train_batch_size"] * (2 if o["prior_preservation"] else 1)  # + as many class images
     size, latent = o["resolution"], o["resolution"] // 2 ** (len(vae.config.block_out_channels) - 1)
     with counter, gpu, torch.device("meta"):  # one training step, as training_step() does it
@@ -286,17 +289,20 @@ LADDER = [
     ("full, fp16 mixed precision", FP16),  # float32 master weights: updates stay exact; faster on a GPU
     ("full, fp16, grad. checkpointing",  # the same result, ~25 % slower: recomputes activations
      {**FP16, "gradient_checkpointing": True}),
-    ("full, fp16, ckpt, 8-bit Adam",  # Adam's running averages rounded to 8 bits: nearly the same result
-     {**FP16, "gradient_checkpointing": True, "use_8bit_adam": True}),
-    ("full, fp16, ckpt, 8-bit, cached latents",  # the same crop of each photo at every step
-     {**FP16, "gradient_checkpointing": True, "use_8bit_adam": True, "cache_latents": True}),
+    ("full, fp16, ckpt, fused step",  # the same result; no gradient accumulation
+     {**FP16, "gradient_checkpointing": True, "fused_optimizer_step": True}),
+    ("full, fp16, ckpt, fused, 8-bit Adam",  # Adam's averages rounded to 8 bits: nearly the same result
+     {**FP16, "gradient_checkpointing": True, "fused_optimizer_step": True, "use_8bit_adam": True}),
+    ("full, fp16, ckpt, fused, 8-bit, cached",  # the same crop of each photo at every step
+     {**FP16, "gradient_checkpointing": True, "fused_optimizer_step": True, "use_8bit_adam": True,
+      "cache_latents": True}),
     ("LoRA, fp16", {**FP16, "lora": True}),  # trains 0.1 % of the weights: learns the subject less well
     ("LoRA, fp16, ckpt", {**FP16, "lora": True, "gradient_checkpointing": True}),
     ("LoRA, fp16, ckpt, cached latents",
      {**FP16, "lora": True, "gradient_checkpointing": True, "cache_latents": True}),
 ]
 SAVINGS = dict(mixed_precision="no", gradient_checkpointing=False, use_8bit_adam=False,
-               cache_latents=False, lora=False)  # what a rung does not name is off
+               cache_latents=False, lora=False, fused_optimizer_step=False)  # what a rung leaves out is off
 
 
 def rungs(**fixed):

@@ -3,58 +3,81 @@
 Lesson 3 runs training_step by hand, then calls train(); the command line calls train() too.
 """
 
+import contextlib
 import math
-import shutil
-from dataclasses import dataclass, field
+import signal
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import compute_snr
 from tqdm.auto import tqdm
 
-from .data import DreamBoothDataset, collate, generate_class_images
+from . import checkpoints
+from .cache import cache_dataset
+from .data import collate, generate_class_images, set_epoch, subjects_dataset
 from .errors import DreamlabError
+from .export import save_diffusers, save_lora
+from .lora import add_lora
 from .models import StableDiffusion, load_model
+from .optimizer import FusedStep, make_optimizer
+from .sample import generate, image_grid
 from .settings import Settings
 
 
 def training_step(sd: StableDiffusion, batch: dict, prior_loss_weight: float = 1.0,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+                  generator: torch.Generator | None = None, offset_noise: float = 0.0,
+                  min_snr_gamma: float = 0.0) -> tuple[torch.Tensor, dict]:
     """One DreamBooth loss: noise the images' latents, ask the UNet to predict that noise.
 
-    `batch` is what data.collate makes: pixel_values (B, 3, H, W) in [-1, 1], input_ids
-    (B, 77), and num_instance: how many of the B rows are instance images (the rest are
-    class images, used for the prior-preservation loss). Returns the loss to backpropagate
-    and a dict of plain floats for the history.
+    `batch` is what data.collate makes: pixel_values (B, 3, H, W) in [-1, 1] (or latent_moments,
+    when latents are cached), input_ids (B, 77) (or text_embeddings, when cached), and
+    num_instance: how many of the B rows are instance images (the rest are class images, used
+    for the prior-preservation loss). Returns the loss to backpropagate and a dict of plain
+    floats for the history.
     """
     unet = sd.unet  # may be wrapped by accelerate (several GPUs): ask its weights, not it
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
-    pixels = batch["pixel_values"].to(device, sd.vae.dtype)
     with torch.no_grad():  # the VAE and (unless trained) the text encoder stay frozen
-        # (B, 3, H, W) -> (B, 4, H/8, W/8); scaling_factor brings the latents to unit variance
-        latents = sd.vae.encode(pixels).latent_dist.sample(generator) * sd.vae.config.scaling_factor
-    latents = latents.to(dtype)
-    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+        if "latent_moments" in batch:  # cached: the VAE's output for these pictures
+            dist = DiagonalGaussianDistribution(batch["latent_moments"].to(device))
+        else:  # (B, 3, H, W) -> (B, 4, H/8, W/8)
+            dist = sd.vae.encode(batch["pixel_values"].to(device, sd.vae.dtype)).latent_dist
+        # scaling_factor brings the latents to unit variance
+        latents = (dist.sample(generator) * sd.vae.config.scaling_factor).to(dtype)
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=dtype)
+    if offset_noise:  # also shift each channel's mean: the model learns to change overall brightness
+        noise += offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=generator,
+                                            device=device, dtype=dtype)
     timesteps = torch.randint(0, sd.noise_scheduler.config.num_train_timesteps,
                               (latents.shape[0],), generator=generator, device=device)
     noisy_latents = sd.noise_scheduler.add_noise(latents, noise, timesteps)
-    with torch.set_grad_enabled(sd.text_encoder.training and torch.is_grad_enabled()):
-        text = sd.text_encoder(batch["input_ids"].to(device))[0]  # (B, 77, hidden)
+    if "text_embeddings" in batch:
+        text = batch["text_embeddings"].to(device)
+    else:
+        with torch.set_grad_enabled(sd.text_encoder.training and torch.is_grad_enabled()):
+            text = sd.text_encoder(batch["input_ids"].to(device))[0]  # (B, 77, hidden)
     prediction = unet(noisy_latents, timesteps, text.to(dtype)).sample
 
     # What the UNet should predict: the noise itself (SD 1.x) or the "velocity" (SD 2.x at 768 px)
-    if sd.noise_scheduler.config.prediction_type == "v_prediction":
-        target = sd.noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
+    v_prediction = sd.noise_scheduler.config.prediction_type == "v_prediction"
+    target = sd.noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
+    per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:  # Min-SNR: nearly clean timesteps are easy and would dominate; cap their weight
+        snr = compute_snr(sd.noise_scheduler, timesteps)
+        per_image = per_image * snr.clamp(max=min_snr_gamma) / (snr + 1 if v_prediction else snr)
     n = batch.get("num_instance", len(latents))
-    loss = F.mse_loss(prediction[:n].float(), target[:n].float())
+    loss = per_image[:n].mean()
     logs = {"instance_loss": loss.item()}
     if n < len(latents):  # prior preservation: the class images' loss keeps the class intact
-        prior_loss = F.mse_loss(prediction[n:].float(), target[n:].float())
+        prior_loss = per_image[n:].mean()
         loss = loss + prior_loss_weight * prior_loss
         logs["prior_loss"] = prior_loss.item()
     logs["loss"] = loss.item()
@@ -65,37 +88,29 @@ def training_step(sd: StableDiffusion, batch: dict, prior_loss_weight: float = 1
 class TrainResult:
     sd: StableDiffusion  # the fine-tuned model, ready for sampling
     history: list[dict] = field(default_factory=list)  # one dict of losses per step
-    output_dir: Path | None = None
+    output_dir: Path | None = None  # where the model was saved
+    stopped_early: bool = False  # interrupted (kernel stop button, Ctrl-C)
+    checkpoint: Path | None = None  # the last checkpoint written
+
+
+def checkpoint_dir(s: Settings) -> Path:
+    """Checkpoints live beside the model folder (the model folder is replaced when saved)."""
+    return Path(s.output_dir + "-checkpoints")
+
+
+def samples_dir(s: Settings) -> Path:
+    return Path(s.output_dir + "-samples")
 
 
 def prepare_class_images(s: Settings, sd: StableDiffusion, accelerator: Accelerator) -> None:
-    """Generate the missing class images (on the main process only, in several-GPU runs)."""
+    """Generate the missing class images of each subject (on the main process only)."""
     if accelerator.is_main_process:
-        generate_class_images(sd.pipeline(), s.class_dir, s.class_prompt, s.num_class_images,
-                              batch_size=s.sample_batch_size, resolution=s.resolution,
-                              num_inference_steps=s.num_inference_steps,
-                              guidance_scale=s.guidance_scale, seed=s.seed)
+        for subject in s.subjects():
+            generate_class_images(sd.pipeline(), subject.class_dir, subject.class_prompt,
+                                  s.num_class_images, batch_size=s.sample_batch_size,
+                                  resolution=s.resolution, num_inference_steps=s.num_inference_steps,
+                                  guidance_scale=s.guidance_scale, seed=s.seed)
     accelerator.wait_for_everyone()
-
-
-def save_model(sd: StableDiffusion, output_dir) -> Path:
-    """Save the whole pipeline in diffusers layout (safetensors), atomically: the new folder
-    is written beside the old one and swapped in only when complete."""
-    out = Path(output_dir)
-    tmp, old = out.with_name(out.name + ".saving"), out.with_name(out.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sd.pipeline().save_pretrained(tmp, safe_serialization=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
-
-
-def forever(loader):
-    """Batches without end, reshuffled every pass (itertools.cycle would replay the first pass)."""
-    while True:
-        yield from loader
 
 
 def place(module: torch.nn.Module, device, dtype: torch.dtype) -> None:
@@ -104,76 +119,236 @@ def place(module: torch.nn.Module, device, dtype: torch.dtype) -> None:
         module.to(dtype=dtype)
 
 
-def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, save: bool = True) -> TrainResult:
+def set_up_models(s: Settings, sd: StableDiffusion, device, frozen_dtype: torch.dtype) -> dict:
+    """Freeze what is not trained, add LoRA adapters, switch the memory savers on.
+    Returns the trained weights by name ("unet.<name>", "text_encoder.<name>")."""
+    place(sd.vae.requires_grad_(False), device, frozen_dtype)
+    if s.lora:  # frozen model in half precision, float32 adapters
+        place(sd.unet, device, frozen_dtype)
+        add_lora(sd.unet, "unet", s.lora_rank, s.lora_alpha)
+    else:  # trained weights stay in float32 (the optimizer cannot update float16 weights:
+        place(sd.unet.requires_grad_(True), device, torch.float32)  # "Attempting to unscale FP16 gradients")
+    sd.text_encoder.requires_grad_(False)
+    place(sd.text_encoder, device, frozen_dtype if s.lora or not s.train_text_encoder else torch.float32)
+    if s.train_text_encoder:
+        if s.lora:
+            add_lora(sd.text_encoder, "text_encoder", s.lora_rank, s.lora_alpha)
+        else:
+            sd.text_encoder.requires_grad_(True)
+    sd.unet.train(), sd.text_encoder.train(s.train_text_encoder)
+    if s.gradient_checkpointing:  # keep fewer activations; recompute them in the backward pass
+        sd.unet.enable_gradient_checkpointing()
+        if s.train_text_encoder:  # (transformers 5 renamed the method)
+            enable = getattr(sd.text_encoder, "activation_checkpointing_enable", None)
+            (enable or sd.text_encoder.gradient_checkpointing_enable)()
+    sd.unet.set_attn_processor(AttnProcessor2_0() if s.attention == "sdpa" else AttnProcessor())
+    return {f"{part}.{name}": p for part in ("unet", "text_encoder")
+            for name, p in getattr(sd, part).named_parameters() if p.requires_grad}
+
+
+def parameter_groups(s: Settings, trained: dict) -> list[dict]:
+    """The UNet's weights at learning_rate, the text encoder's at text_encoder_lr; one group
+    per weight tensor for the fused step (which steps one at a time)."""
+    lr_of = {"unet": s.learning_rate, "text_encoder": s.text_encoder_lr or s.learning_rate}
+    if s.fused_optimizer_step:
+        return [{"params": [p], "lr": lr_of[name.split(".")[0]]} for name, p in trained.items()]
+    groups = [{"params": [p for n, p in trained.items() if n.startswith(part + ".")], "lr": lr}
+              for part, lr in lr_of.items()]
+    return [g for g in groups if g["params"]]
+
+
+def batches(loader, sampler, seed: int, start: int = 0):
+    """Batches without end, starting at batch number `start`. Each pass is shuffled by its own
+    seed, so the order depends only on (seed, pass): a resumed run sees the same batches."""
+    epoch, skip = divmod(start, len(loader))
+    while True:
+        sampler.generator.manual_seed(seed * 1_000_003 + epoch)
+        set_epoch(loader.dataset, epoch)
+        for i, batch in enumerate(loader):
+            if i >= skip:
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
+@contextlib.contextmanager
+def stop_on_interrupt():
+    """The kernel's stop button (SIGINT) sets a flag: the loop ends after the current step, with a
+    checkpoint, instead of being cut in the middle. A second press interrupts at once."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        print("\nstopping after this step (interrupt again to stop at once)...", flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def unwrapped(sd: StableDiffusion, accelerator: Accelerator) -> StableDiffusion:
+    return replace(sd, unet=accelerator.unwrap_model(sd.unet),
+                   text_encoder=accelerator.unwrap_model(sd.text_encoder))
+
+
+def sample_now(s: Settings, sd: StableDiffusion, accelerator: Accelerator, step: int, on_sample):
+    """Draw the validation prompts with the same seeds as every time, save the grid, call back."""
+    model = unwrapped(sd, accelerator)
+    away = [m for m in (model.vae, model.text_encoder) if m.device != model.unet.device]
+    for module in away:  # cached latents moved them off the GPU
+        module.to(model.unet.device)
+    was_training = model.unet.training, model.text_encoder.training
+    model.unet.eval(), model.text_encoder.eval()
+    prompts = [p for p in s.validation_prompts for _ in range(s.num_validation_images)]
+    seeds = list(range(s.num_validation_images)) * len(s.validation_prompts)
+    with accelerator.autocast():
+        images = generate(model.pipeline(), prompts, seeds, s.resolution, s.num_inference_steps,
+                          s.guidance_scale, s.sample_batch_size)
+    model.unet.train(was_training[0]), model.text_encoder.train(was_training[1])
+    for module in away:
+        module.to("cpu")
+    folder = samples_dir(s)
+    folder.mkdir(parents=True, exist_ok=True)
+    image_grid(images, cols=s.num_validation_images).save(folder / f"step-{step:06d}.png")
+    if on_sample is not None:
+        on_sample(step, images)
+
+
+NAN_HELP = ("the loss became {loss} at step {step}, so that step was not applied. Likely causes: "
+            "a learning rate too high (learning_rate={lr}), or fp16 overflow (mixed_precision="
+            "{mp!r}: try 'bf16' on a GPU that has it, or 'no'). {resume}")
+
+
+def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sample=None,
+          save: bool = True) -> TrainResult:
     """Fine-tune with DreamBooth. `sd` reuses an already loaded model (the notebooks do);
-    `on_step(step, logs)` is called after every optimiser step (the live loss plot uses it)."""
+    `on_step(step, logs)` is called after every optimiser step (the live loss plot uses it),
+    `on_sample(step, images)` after every set of validation samples."""
     s.validate()
     accelerator = Accelerator(mixed_precision=s.mixed_precision, cpu=s.device == "cpu",
                               gradient_accumulation_steps=s.gradient_accumulation_steps)
+    if s.fused_optimizer_step and accelerator.num_processes > 1:
+        raise DreamlabError("fused_optimizer_step works on one GPU only (several GPUs must average "
+                            "all gradients before any update): set it to False")
     set_seed(s.seed)
     if sd is None:
         sd = load_model(s.model, s.revision, device=accelerator.device)
-    # Frozen parts run in half precision under fp16/bf16; the trained ones stay in float32
-    # (the optimiser cannot update float16 weights: "Attempting to unscale FP16 gradients").
+    # Frozen parts run in half precision under fp16/bf16; the trained ones stay in float32.
     frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.mixed_precision, torch.float32)
-    place(sd.vae.requires_grad_(False), accelerator.device, frozen_dtype)
-    place(sd.unet.requires_grad_(True).train(), accelerator.device, torch.float32)
-    sd.text_encoder.requires_grad_(s.train_text_encoder).train(s.train_text_encoder)
-    place(sd.text_encoder, accelerator.device, torch.float32 if s.train_text_encoder else frozen_dtype)
+    trained = set_up_models(s, sd, accelerator.device, frozen_dtype)
+    optimizer = make_optimizer(parameter_groups(s, trained), s.learning_rate, s.adam_weight_decay,
+                               s.use_8bit_adam, accelerator.device)
 
     if s.prior_preservation:
         prepare_class_images(s, sd, accelerator)
-    dataset = DreamBoothDataset(s.instance_dir, s.instance_prompt, sd.tokenizer, s.resolution,
-                                class_dir=s.class_dir if s.prior_preservation else None,
-                                class_prompt=s.class_prompt, center_crop=s.center_crop, seed=s.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=s.train_batch_size, shuffle=True,
+    dataset = subjects_dataset(s.subjects(), sd.tokenizer, s.resolution, s.prior_preservation,
+                               s.center_crop, s.seed)
+    if s.cache_latents:  # encode once; then the VAE (and a frozen text encoder) leave the GPU
+        dataset = cache_dataset(dataset, sd, embed_text=not s.train_text_encoder)
+        sd.vae.to("cpu")
+        if not s.train_text_encoder:
+            sd.text_encoder.to("cpu")
+    sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=s.train_batch_size, sampler=sampler,
                                          collate_fn=collate, drop_last=len(dataset) >= s.train_batch_size)
-
-    params = list(sd.unet.parameters())
-    if s.train_text_encoder:
-        params += list(sd.text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.adam_weight_decay)
     lr_scheduler = get_scheduler(s.lr_scheduler, optimizer, num_warmup_steps=s.lr_warmup_steps,
                                  num_training_steps=s.max_train_steps)
     # prepare() wraps what is trained for mixed precision and for several GPUs; training_step
     # then calls the wrapped modules through `sd`.
-    sd.unet, optimizer, loader, lr_scheduler = accelerator.prepare(sd.unet, optimizer, loader,
-                                                                  lr_scheduler)
-    trained = [sd.unet]
+    fused = None
+    if s.fused_optimizer_step:  # the optimizer steps inside backward: accelerate must not step it
+        sd.unet, loader = accelerator.prepare(sd.unet, loader)
+        fused = FusedStep(optimizer, s.max_grad_norm, accelerator.scaler)
+    else:
+        sd.unet, optimizer, loader, lr_scheduler = accelerator.prepare(sd.unet, optimizer, loader,
+                                                                      lr_scheduler)
     if s.train_text_encoder:
         sd.text_encoder = accelerator.prepare(sd.text_encoder)
-        trained.append(sd.text_encoder)
+    models = [sd.unet] + ([sd.text_encoder] if s.train_text_encoder else [])
 
-    history, batches = [], forever(loader)
-    bar = tqdm(range(s.max_train_steps), desc="training", disable=not accelerator.is_main_process)
-    for step in bar:
-        for _ in range(s.gradient_accumulation_steps):  # one optimiser step per bar tick
-            with accelerator.accumulate(*trained):
-                loss, logs = training_step(sd, next(batches), s.prior_loss_weight)
-                if not math.isfinite(logs["loss"]):
-                    raise DreamlabError(
-                        f"the loss became {logs['loss']} at step {step}: lower learning_rate "
-                        f"(now {s.learning_rate}) or use mixed_precision='bf16' or 'no'.")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and s.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, s.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory
-        logs.update(step=step + 1, lr=lr_scheduler.get_last_lr()[0])
-        history.append(logs)
-        bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        if on_step is not None:
-            on_step(step + 1, logs)
+    # Noise and timesteps come from this generator, saved in checkpoints: resuming replays them.
+    noise = torch.Generator(accelerator.device).manual_seed(s.seed + accelerator.process_index)
+    start, history, last_checkpoint = 0, [], None
+    if s.resume_from:
+        last_checkpoint = checkpoints.find_checkpoint(s.resume_from, checkpoint_dir(s))
+        if last_checkpoint is None:
+            print(f"no checkpoint in {checkpoint_dir(s)} yet: starting from step 0")
+        else:
+            start, history = checkpoints.load_checkpoint(last_checkpoint, trained, optimizer, lr_scheduler,
+                                                         {"noise": noise}, s.to_dict())
+            print(f"resumed from {last_checkpoint} (step {start})")
+
+    def save_checkpoint(step):
+        if accelerator.is_main_process:
+            return checkpoints.save_checkpoint(checkpoint_dir(s), step, trained, optimizer, lr_scheduler,
+                                               {"noise": noise}, history, s.to_dict(),
+                                               keep=s.checkpoints_total_limit)
+
+    stream = batches(loader, sampler, s.seed, start * s.gradient_accumulation_steps)
+    text_encoder_on = s.train_text_encoder
+    stopped = False
+    bar = tqdm(range(start, s.max_train_steps), desc="training", disable=not accelerator.is_main_process)
+    if s.validation_steps and start == 0 and accelerator.is_main_process:
+        sample_now(s, sd, accelerator, 0, on_sample)  # the starting point, to compare with
+    with stop_on_interrupt() as interrupt:
+        for step in bar:
+            if text_encoder_on and s.text_encoder_stop_step is not None and step >= s.text_encoder_stop_step:
+                text_encoder_on = False  # from here on the text encoder stays as it is
+                sd.text_encoder.requires_grad_(False).eval()
+            for _ in range(s.gradient_accumulation_steps):  # one optimiser step per bar tick
+                with accelerator.accumulate(*models):
+                    loss, logs = training_step(sd, next(stream), s.prior_loss_weight, noise,
+                                               s.offset_noise, s.min_snr_gamma)
+                    if not math.isfinite(logs["loss"]):  # the guard: nothing is applied
+                        raise DreamlabError(NAN_HELP.format(
+                            loss=logs["loss"], step=step, lr=s.learning_rate, mp=s.mixed_precision,
+                            resume=f"The last good checkpoint, {last_checkpoint}, is intact."
+                            if last_checkpoint else "No checkpoint was written (checkpointing_steps=0)."))
+                    accelerator.backward(loss)  # with the fused step, the weights change here
+                    if fused is None:
+                        if accelerator.sync_gradients and s.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(list(trained.values()), s.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory
+                    elif fused.end_step() and s.mixed_precision != "fp16":
+                        raise DreamlabError(
+                            f"a gradient became inf or NaN at step {step} (learning_rate="
+                            f"{s.learning_rate}); the fused step had already updated some weights, "
+                            f"so resume from the last checkpoint ({last_checkpoint}) with a lower rate.")
+                    lr_scheduler.step()
+            logs.update(step=step + 1, lr=lr_scheduler.get_last_lr()[0])
+            history.append(logs)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if on_step is not None:
+                on_step(step + 1, logs)
+            done = step + 1 == s.max_train_steps
+            if s.validation_steps and (step + 1) % s.validation_steps == 0 and accelerator.is_main_process:
+                sample_now(s, sd, accelerator, step + 1, on_sample)
+            every_n = s.checkpointing_steps and (step + 1) % s.checkpointing_steps == 0
+            if every_n or (interrupt["stop"] and not done):
+                last_checkpoint = save_checkpoint(step + 1)
+            if interrupt["stop"] and not done:
+                stopped = True
+                print(f"stopped at step {step + 1}; checkpoint {last_checkpoint} (resume_from='latest')")
+                break
+    if fused is not None:
+        fused.remove()
 
     accelerator.wait_for_everyone()
     sd.unet, sd.text_encoder = accelerator.unwrap_model(sd.unet), accelerator.unwrap_model(sd.text_encoder)
     sd.unet.eval(), sd.text_encoder.eval()
-    # The frozen parts ran in half precision under fp16/bf16: back to float32, so that the
-    # pipeline (whose dtypes must agree) can sample with the result.
-    for module in (sd.vae, sd.text_encoder):
+    # Frozen parts ran in half precision under fp16/bf16 (and off the GPU with cached latents):
+    # back to float32 on the device, so that the pipeline (whose dtypes must agree) can sample.
+    for module in (sd.vae, sd.text_encoder, sd.unet):
         place(module, accelerator.device, torch.float32)
     out = None
     if save and accelerator.is_main_process:
-        out = save_model(sd, s.output_dir)
-    return TrainResult(sd=sd, history=history, output_dir=out)
+        out = save_lora(sd, s.output_dir) if s.lora else save_diffusers(sd, s.output_dir)
+    return TrainResult(sd=sd, history=history, output_dir=out, stopped_early=stopped,
+                       checkpoint=last_checkpoint)

@@ -33,6 +33,25 @@ def test_train_then_sample_from_the_command_line(tmp_path, offline_path, dreambo
     assert Image.open(grid).size == (3 * 64, 2 * 64)
 
 
+def test_engine_settings_from_the_command_line(tmp_path, offline_path, dreambooth_photos):
+    out = tmp_path / "lora"
+    done = run("dreamlab", "train", "--model", offline_path, "--instance-dir", str(dreambooth_photos / "dog"),
+               "--no-prior-preservation", "--output-dir", str(out), *TRAIN_FLAGS, "--lora",
+               "--lora-rank", "2", "--checkpointing-steps", "2", "--validation-prompts",
+               "a photo of sks dog", "a photo of zwx cat", "--validation-steps", "3",
+               "--more-subject", str(dreambooth_photos / "cat2"), "a photo of zwx cat",
+               str(tmp_path / "cats"), "a photo of a cat")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "pytorch_lora_weights.safetensors").exists()
+    assert (tmp_path / "lora-checkpoints" / "checkpoint-000002").is_dir()
+    assert sorted(p.name for p in (tmp_path / "lora-samples").iterdir()) == ["step-000000.png",
+                                                                             "step-000003.png"]
+    done = run("dreamlab", "train", "--model", offline_path, "--instance-dir", str(dreambooth_photos / "dog"),
+               "--no-prior-preservation", "--output-dir", str(out), *TRAIN_FLAGS, "--lora",
+               "--lora-rank", "2", "--resume-from", "latest", "--max-train-steps", "4")
+    assert done.returncode == 0 and "resumed from" in done.stdout, done.stderr[-3000:]
+
+
 def test_bad_input_gets_one_clear_line_not_a_traceback(tmp_path, offline_path):
     (tmp_path / "photos").mkdir()
     done = run("dreamlab", "train", "--model", offline_path, "--instance-dir", str(tmp_path / "photos"),
@@ -53,7 +72,8 @@ def test_every_setting_is_a_flag_with_the_same_default():
     done = run("dreamlab", "train", "--help")
     flags = done.stdout.replace("\n", " ")
     for name in setting_names():
-        assert "--" + name.replace("_", "-") in flags, name
+        flag = "--more-subject" if name == "more_subjects" else "--" + name.replace("_", "-")
+        assert flag in flags, name
     assert "--no-prior-preservation" in flags and "default: 400" in flags
 
 

@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from dreamlab import DreamBoothDataset, DreamlabError, collate, generate_class_images, list_images
-from dreamlab.data import open_image, resize_and_crop, to_tensor
+from dreamlab.data import open_image, set_epoch, to_tensor, tokenize
 
 
 def test_instance_dataset_on_real_photos(dreambooth_photos, sd):
@@ -28,13 +28,34 @@ def test_dataset_with_class_images_and_collate(dreambooth_photos, sd, class_dir)
     assert batch["input_ids"][0, 4] == 48136 and batch["input_ids"][2, 4] != 48136  # sks vs a
 
 
-def test_random_crops_differ_and_centre_crops_do_not(dreambooth_photos, sd):
-    ds = DreamBoothDataset(dreambooth_photos / "dog", "x", sd.tokenizer, 64, center_crop=False)
+def test_random_crops_change_each_pass_and_replay_exactly(tmp_path, sd):
     photo = Image.new("RGB", (300, 100))
     photo.paste((255, 0, 0), (0, 0, 150, 100))
-    crops = {resize_and_crop(photo, 64, center=False, rng=ds.rng).tobytes() for _ in range(10)}
+    photo.save(tmp_path / "wide.png")
+    ds = DreamBoothDataset(tmp_path, "x", sd.tokenizer, 64, center_crop=False, seed=1)
+    first = ds[0]["instance_images"]
+    assert torch.equal(first, ds[0]["instance_images"])  # the same pass: the same crop (for resuming)
+    crops = set()
+    for epoch in range(10):
+        set_epoch(ds, epoch)
+        crops.add(ds[0]["instance_images"].numpy().tobytes())
     assert len(crops) > 1
-    assert resize_and_crop(photo, 64).size == (64, 64)
+    centred = DreamBoothDataset(tmp_path, "x", sd.tokenizer, 64, center_crop=True)
+    before = centred[0]["instance_images"]
+    set_epoch(centred, 3)
+    assert torch.equal(centred[0]["instance_images"], before)
+
+
+def test_a_caption_file_replaces_the_instance_prompt(tmp_path, sd):
+    for name in ("a", "b"):
+        Image.new("RGB", (64, 64), "red").save(tmp_path / f"{name}.png")
+    (tmp_path / "b.txt").write_text("a photo of sks dog on a sofa\n")
+    ds = DreamBoothDataset(tmp_path, "a photo of sks dog", sd.tokenizer, 64)
+    assert ds.instance_prompts == ["a photo of sks dog", "a photo of sks dog on a sofa"]
+    assert torch.equal(ds[1]["instance_ids"], tokenize(sd.tokenizer, "a photo of sks dog on a sofa"))
+    (tmp_path / "b.txt").write_text("  ")
+    with pytest.raises(DreamlabError, match="b.txt is empty"):
+        DreamBoothDataset(tmp_path, "a photo of sks dog", sd.tokenizer, 64)
 
 
 def test_exif_rotation_is_applied(tmp_path):

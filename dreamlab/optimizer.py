@@ -1,0 +1,74 @@
+"""The optimizer: AdamW or 8-bit AdamW, and optionally its step fused into the backward pass."""
+
+import torch
+
+from .errors import DreamlabError
+
+
+def make_optimizer(groups: list[dict], lr: float, weight_decay: float, use_8bit_adam: bool,
+                   device) -> torch.optim.Optimizer:
+    """AdamW over parameter groups (each may carry its own "lr").
+
+    8-bit AdamW (bitsandbytes) keeps Adam's two running averages in 8 bits instead of 32: 6 bytes
+    less per trained weight, 5 GB less for SD's UNet. It runs on CUDA GPUs only."""
+    if not use_8bit_adam:
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if torch.device(device).type != "cuda":
+        raise DreamlabError(f"use_8bit_adam=True: bitsandbytes' 8-bit AdamW runs on CUDA GPUs only, "
+                            f"and this run is on {device}. Set use_8bit_adam=False.")
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise DreamlabError("use_8bit_adam=True needs bitsandbytes: pip install bitsandbytes "
+                            "(or set use_8bit_adam=False)") from None
+    return bnb.optim.AdamW8bit(groups, lr=lr, weight_decay=weight_decay)
+
+
+class FusedStep:
+    """Update each weight the moment the backward pass has its gradient, then free the gradient.
+
+    Normally every gradient is kept until optimizer.step(): for a full fine-tune of SD's UNet
+    that is 3.4 GB held at the peak. Here PyTorch calls `update` as each gradient is ready
+    (register_post_accumulate_grad_hook), so only a few gradients exist at any time. The
+    optimizer must have one parameter group per parameter, so that one group can be stepped alone.
+    Costs: no gradient accumulation, and clipping is per weight tensor, not over all gradients.
+    With fp16, gradients are unscaled here; a tensor whose gradient overflowed skips this step
+    and the loss scale is halved.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_grad_norm: float = 0.0, scaler=None):
+        self.optimizer, self.max_grad_norm, self.scaler = optimizer, max_grad_norm, scaler
+        self.group_of = {}
+        for group in optimizer.param_groups:
+            if len(group["params"]) != 1:
+                raise ValueError("FusedStep needs one parameter group per parameter")
+            self.group_of[group["params"][0]] = group
+        self.overflow = False
+        self.hooks = [p.register_post_accumulate_grad_hook(self.update) for p in self.group_of]
+
+    def update(self, param: torch.Tensor) -> None:
+        if self.scaler is not None:
+            param.grad.div_(self.scaler.get_scale())
+        if not torch.isfinite(param.grad).all():
+            self.overflow, param.grad = True, None  # this tensor skips the step
+            return
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([param], self.max_grad_norm)
+        groups = self.optimizer.param_groups
+        self.optimizer.param_groups = [self.group_of[param]]  # step this one tensor only
+        try:
+            self.optimizer.step()
+        finally:
+            self.optimizer.param_groups = groups
+        param.grad = None  # its memory is free for the next gradients
+
+    def end_step(self) -> bool:
+        """After backward: True when some gradient overflowed (under fp16 the scale is halved)."""
+        overflow, self.overflow = self.overflow, False
+        if overflow and self.scaler is not None:
+            self.scaler.update(self.scaler.get_scale() / 2)
+        return overflow
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()

@@ -1,0 +1,290 @@
+"""The training engine's settings (issue 4), each through the small random-weight model."""
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreamlab import DreamlabError, Settings, generate, load_model, train, training_step
+from dreamlab.checkpoints import checkpoints, find_checkpoint
+from dreamlab.data import DreamBoothDataset, collate, list_images
+
+train_module = importlib.import_module("dreamlab.train")  # the module, not dreamlab.train()
+
+
+def settings(tmp_path, offline_path, photos, **overrides):
+    values = dict(model=offline_path, resolution=64, max_train_steps=4, learning_rate=1e-3,
+                  device="cpu", prior_preservation=False, num_inference_steps=2, center_crop=False,
+                  instance_dir=str(photos), class_dir=str(tmp_path / "class"),
+                  output_dir=str(tmp_path / "out"))
+    values.update(overrides)
+    return Settings(**values)
+
+
+def weights(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def max_difference(a: dict, b: dict) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def test_lora_trains_only_adapters_and_loads_back_with_diffusers(tmp_path, offline_path, dreambooth_photos):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", lora=True, lora_rank=4,
+                 train_text_encoder=True)
+    base = load_model(offline_path)
+    before = weights(base.unet)
+    result = train(s, sd=load_model(offline_path))
+    after = {k.replace(".base_layer", ""): v for k, v in result.sd.unet.state_dict().items()
+             if "lora_" not in k}
+    assert max_difference(before, after) == 0  # the model itself did not move
+    lora = load_file(result.output_dir)
+    assert result.output_dir.name == "pytorch_lora_weights.safetensors"
+    assert any(k.startswith("unet.") for k in lora) and any(k.startswith("text_encoder.") for k in lora)
+    assert sum(v.numel() for v in lora.values()) < 0.2 * sum(v.numel() for v in before.values())
+
+    pipe = base.pipeline()
+    pipe.load_lora_weights(str(result.output_dir.parent))
+    prompt, seed = ["a photo of sks dog"], [0]
+    loaded = generate(pipe, prompt, seed, 64, 2)[0]
+    trained = generate(result.sd.pipeline(), prompt, seed, 64, 2)[0]
+    plain = generate(load_model(offline_path).pipeline(), prompt, seed, 64, 2)[0]
+    diff = torch.tensor(list(loaded.tobytes())).float() - torch.tensor(list(trained.tobytes())).float()
+    assert diff.abs().max() <= 2 and loaded.tobytes() != plain.tobytes()
+
+
+def test_text_encoder_has_its_own_rate_and_stops_at_its_step(tmp_path, offline_path, dreambooth_photos):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", train_text_encoder=True,
+                 text_encoder_lr=1e-4, text_encoder_stop_step=2)
+    groups = train_module.parameter_groups(s, {"unet.a": torch.nn.Parameter(torch.ones(1)),
+                                               "text_encoder.b": torch.nn.Parameter(torch.ones(1))})
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4]
+    seen = {}
+    sd = load_model(offline_path)
+    base = weights(sd.text_encoder)
+    result = train(s, sd=sd, save=False,
+                   on_step=lambda step, logs: seen.setdefault(step, weights(sd.text_encoder)))
+    assert max_difference(base, seen[2]) > 0  # trained for two steps...
+    assert max_difference(seen[2], weights(result.sd.text_encoder)) == 0  # ...then frozen
+    with pytest.raises(DreamlabError, match="text_encoder_stop_step.*train_text_encoder=True"):
+        settings(tmp_path, offline_path, dreambooth_photos / "dog", text_encoder_stop_step=2).validate()
+
+
+@pytest.mark.parametrize("saver", [dict(gradient_checkpointing=True), dict(attention="math"),
+                                   dict(cache_latents=True)])
+def test_memory_savers_give_the_same_training(saver, tmp_path, offline_path, dreambooth_photos):
+    """Checkpointing recomputes, math attention is the same sum, cached latents are the VAE's
+    same output: the losses must match the plain run (with centred crops, which caching keeps)."""
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", center_crop=True,
+                 train_text_encoder=not saver.get("cache_latents"), prior_preservation=True,
+                 class_dir=str(tmp_path / "class"), num_class_images=2, sample_batch_size=2)
+    plain = train(s, sd=load_model(offline_path), save=False).history
+    saved = train(Settings(**{**s.to_dict(), **saver}), sd=load_model(offline_path), save=False).history
+    assert [h["loss"] for h in saved] == pytest.approx([h["loss"] for h in plain], rel=1e-4)
+
+
+def test_cached_latents_never_run_the_vae_or_text_encoder_while_training(
+        tmp_path, offline_path, dreambooth_photos, monkeypatch):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", cache_latents=True)
+    sd = load_model(offline_path)
+    encoded = []
+    real_encode = sd.vae.encode
+    monkeypatch.setattr(sd.vae, "encode", lambda *a, **k: encoded.append(1) or real_encode(*a, **k))
+    calls = []
+    sd.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+    train(s, sd=sd, save=False)
+    photos = len(list((dreambooth_photos / "dog").glob("*.jp*g")))
+    assert len(encoded) == photos and len(calls) == 1  # each photo once, the one prompt once
+
+
+def test_the_fused_optimizer_step_equals_the_usual_one(tmp_path, offline_path, dreambooth_photos):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_grad_norm=0, train_text_encoder=True)
+    usual = train(s, sd=load_model(offline_path), save=False).sd
+    fused = train(Settings(**{**s.to_dict(), "fused_optimizer_step": True}), sd=load_model(offline_path),
+                  save=False).sd
+    assert max_difference(weights(usual.unet), weights(fused.unet)) < 1e-6
+    assert max_difference(weights(usual.text_encoder), weights(fused.text_encoder)) < 1e-6
+    with pytest.raises(DreamlabError, match="fused_optimizer_step.*gradient_accumulation_steps=1"):
+        Settings(**{**s.to_dict(), "fused_optimizer_step": True, "gradient_accumulation_steps": 2}).validate()
+
+
+def test_8bit_adam_on_a_cpu_is_a_clear_error(tmp_path, offline_path, dreambooth_photos):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", use_8bit_adam=True)
+    with pytest.raises(DreamlabError, match="use_8bit_adam.*CUDA.*use_8bit_adam=False"):
+        train(s, sd=load_model(offline_path), save=False)
+
+
+def test_offset_noise_and_min_snr_change_the_loss_as_they_should(sd, dreambooth_photos):
+    ds = DreamBoothDataset(dreambooth_photos / "dog", "a photo of sks dog", sd.tokenizer, 64)
+    batch = collate([ds[i] for i in range(4)])
+
+    def loss(**options):
+        return training_step(sd, batch, generator=torch.Generator().manual_seed(0), **options)[1]["loss"]
+
+    plain = loss()
+    assert loss(min_snr_gamma=1e9) == pytest.approx(plain, rel=1e-6)  # a cap never reached: no change
+    assert loss(min_snr_gamma=1.0) < plain  # weights min(snr, 1) / snr <= 1
+    assert loss(offset_noise=0.5) != pytest.approx(plain)
+
+
+def test_checkpoints_every_n_steps_keep_the_last_k_and_resume_exactly(tmp_path, offline_path,
+                                                                       dreambooth_photos):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=6,
+                 train_text_encoder=True, checkpointing_steps=2, checkpoints_total_limit=2)
+    whole = train(s, sd=load_model(offline_path), save=False)
+    folder = train_module.checkpoint_dir(s)
+    assert [p.name for p in checkpoints(folder)] == ["checkpoint-000004", "checkpoint-000006"]
+    assert find_checkpoint("latest", folder).name == "checkpoint-000006"
+    state = json.loads((folder / "checkpoint-000004" / "state.json").read_text())
+    assert state["step"] == 4 and len(state["history"]) == 4
+
+    # Resume from step 4 (delete the later one): the same last two steps, the same weights.
+    (folder / "checkpoint-000006" / "state.json").unlink()
+    resumed = train(Settings(**{**s.to_dict(), "resume_from": "latest"}), sd=load_model(offline_path),
+                    save=False)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    assert max_difference(weights(whole.sd.unet), weights(resumed.sd.unet)) < 1e-6
+    assert max_difference(weights(whole.sd.text_encoder), weights(resumed.sd.text_encoder)) < 1e-6
+
+    changed = Settings(**{**s.to_dict(), "resume_from": "latest", "lora": True})
+    with pytest.raises(DreamlabError, match="lora=False.*lora=True"):
+        train(changed, sd=load_model(offline_path), save=False)
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_last_one_intact(
+        tmp_path, offline_path, dreambooth_photos, monkeypatch):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=4, checkpointing_steps=2)
+    real_save = train_module.checkpoints.save_file
+
+    def crash_at_step_4(tensors, path, *args, **kwargs):
+        if "000004" in str(path) and path.name == "optimizer.safetensors":
+            raise OSError("disk gone")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.checkpoints, "save_file", crash_at_step_4)
+    with pytest.raises(OSError):
+        train(s, sd=load_model(offline_path), save=False)
+    folder = train_module.checkpoint_dir(s)
+    assert find_checkpoint("latest", folder).name == "checkpoint-000002"
+    assert (folder / "checkpoint-000004.tmp").exists()  # the half-written one is not taken for a checkpoint
+
+
+KILLED_RUN = """
+import os, signal, sys
+from dreamlab import Settings, train
+s = Settings(**{settings})
+def on_step(step, logs):
+    if step == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+train(s, on_step=on_step if {kill} else None, save=False)
+"""
+
+
+def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, offline_path, dreambooth_photos):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=8,
+                 train_text_encoder=True, checkpointing_steps=3)
+    code = KILLED_RUN.format(settings=s.to_dict(), kill_at=5, kill=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True)
+    assert run.returncode == -signal.SIGKILL, run.stderr.decode()[-2000:]
+    assert find_checkpoint("latest", train_module.checkpoint_dir(s)).name == "checkpoint-000003"
+
+    resumed = train(Settings(**{**s.to_dict(), "resume_from": "latest"}), sd=load_model(offline_path),
+                    save=False)
+    whole = train(s, sd=load_model(offline_path), save=False)
+    assert len(resumed.history) == 8
+    assert max_difference(weights(whole.sd.unet), weights(resumed.sd.unet)) < 1e-6
+    assert max_difference(weights(whole.sd.text_encoder), weights(resumed.sd.text_encoder)) < 1e-6
+
+
+def test_samples_while_training_use_the_same_seeds_every_time(tmp_path, offline_path, dreambooth_photos):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", validation_steps=2,
+                 validation_prompts=["a photo of sks dog", "a photo of sks dog on the beach"],
+                 num_validation_images=2)
+    seen = {}
+    train(s, sd=load_model(offline_path), save=False,
+          on_sample=lambda step, images: seen.__setitem__(step, images))
+    assert sorted(seen) == [0, 2, 4] and all(len(images) == 4 for images in seen.values())
+    files = sorted(p.name for p in train_module.samples_dir(s).iterdir())
+    assert files == ["step-000000.png", "step-000002.png", "step-000004.png"]
+    # step 0 is the untouched model with seeds 0, 1: exactly what generate() draws with them
+    base = generate(load_model(offline_path).pipeline(), ["a photo of sks dog"] * 2, [0, 1], 64, 2)
+    assert [im.tobytes() for im in seen[0][:2]] == [im.tobytes() for im in base]
+    assert seen[4][0].tobytes() != seen[0][0].tobytes()  # training changed the picture
+    with pytest.raises(DreamlabError, match="validation_prompts"):
+        settings(tmp_path, offline_path, dreambooth_photos / "dog", validation_steps=2).validate()
+
+
+def test_interrupting_saves_a_checkpoint_and_returns_the_model(tmp_path, offline_path, dreambooth_photos):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=10)
+
+    def press_stop(step, logs):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # what Jupyter's and Colab's stop button sends
+
+    result = train(s, sd=load_model(offline_path), on_step=press_stop)
+    assert result.stopped_early and len(result.history) == 3
+    assert result.checkpoint.name == "checkpoint-000003"
+    assert (result.output_dir / "model_index.json").exists()
+    images = generate(result.sd.pipeline(), ["a photo of sks dog"], [0], 64, 2)
+    assert images[0].size == (64, 64)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(
+        tmp_path, offline_path, dreambooth_photos, monkeypatch):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=6, checkpointing_steps=2)
+    real_step, calls = train_module.training_step, []
+
+    def nan_at_step_4(*args, **kwargs):
+        loss, logs = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:
+            loss, logs = loss * float("nan"), {**logs, "loss": float("nan")}
+        return loss, logs
+
+    monkeypatch.setattr(train_module, "training_step", nan_at_step_4)
+    sd = load_model(offline_path)
+    seen = {}
+    with pytest.raises(DreamlabError, match="nan at step 3.*learning rate.*fp16.*checkpoint-000002.*intact"):
+        train(s, sd=sd, save=False, on_step=lambda step, logs: seen.setdefault(step, weights(sd.unet)))
+    assert max_difference(seen[3], weights(sd.unet)) == 0  # the bad step was not applied
+    saved = load_file(train_module.checkpoint_dir(s) / "checkpoint-000002" / "trained.safetensors")
+    assert max_difference({k: v for k, v in saved.items()},
+                          {f"unet.{k}": v for k, v in seen[2].items()}) == 0
+
+
+def test_several_subjects_and_a_caption_train_in_one_run(tmp_path, offline_path, dreambooth_photos,
+                                                         monkeypatch):
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    for photo in list_images(dreambooth_photos / "cat2")[:2]:
+        (cat / photo.name).write_bytes(photo.read_bytes())
+    (cat / (sorted(cat.iterdir())[0].stem + ".txt")).write_text("a photo of zwx cat on a sofa")
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", prior_preservation=True,
+                 class_dir=str(tmp_path / "dogs"), num_class_images=2, sample_batch_size=2,
+                 train_batch_size=2, max_train_steps=6,
+                 more_subjects=[dict(instance_dir=str(cat), instance_prompt="a photo of zwx cat",
+                                     class_dir=str(tmp_path / "cats"), class_prompt="a photo of a cat")])
+    prompts = set()
+    real_step = train_module.training_step
+
+    def record(sd, batch, *args, **kwargs):
+        prompts.update(sd.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True))
+        return real_step(sd, batch, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "training_step", record)
+    train(s, sd=load_model(offline_path), save=False)
+    for folder in ("cats", "dogs"):  # each subject's own class images
+        assert len(list((tmp_path / folder).glob("*.png"))) == 2
+    assert {"a photo of sks dog", "a photo of zwx cat", "a photo of zwx cat on a sofa",
+            "a photo of a dog", "a photo of a cat"} <= prompts
+    with pytest.raises(DreamlabError, match=r"more_subjects\[0\].*class_dir"):
+        Settings(**{**s.to_dict(), "more_subjects": [dict(instance_dir=str(cat),
+                                                          instance_prompt="a photo of zwx cat")]}).validate()
