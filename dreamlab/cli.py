@@ -1,4 +1,4 @@
-"""The command line: `dreamlab train ...`, `dreamlab sample ...`, `dreamlab offline-model`.
+"""The command line: `dreamlab train`, `sample`, `export`, `push`, `offline-model`.
 
 Every field of Settings becomes a flag of `train` (--instance-dir, --max-train-steps, ...),
 with the same default, so the notebooks and the command line cannot drift apart.
@@ -43,6 +43,32 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                                 help=f"default: {f.default}")
 
 
+def export_model(args) -> None:
+    from pathlib import Path
+
+    from . import export
+    from .models import load_model
+
+    if not (args.single_file or args.kohya_lora):
+        raise DreamlabError("export: say what to write: --single-file PATH and/or --kohya-lora PATH")
+    folder = Path(args.model)
+    if (folder / export.LORA_FILE).exists():  # a LoRA run: its adapters go on top of the base
+        if not args.base:
+            raise DreamlabError(f"{folder} holds LoRA adapters: give the model they were trained on "
+                                "with --base (e.g. the --model of the train command)")
+        sd = load_model(args.base)
+        # the pipeline shares sd's modules; "default" is the adapter name export looks for
+        sd.pipeline().load_lora_weights(str(folder), adapter_name="default")
+    else:
+        if args.kohya_lora:
+            raise DreamlabError(f"{folder} is a full fine-tune, not a LoRA: use --single-file")
+        sd = load_model(str(folder))
+    if args.single_file:
+        print(f"wrote {export.save_single_file(sd, args.single_file)}")
+    if args.kohya_lora:
+        print(f"wrote {export.save_kohya_lora(sd, args.kohya_lora)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dreamlab", description="DreamBooth for Stable Diffusion")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     sample_cmd.add_argument("--guidance-scale", type=float, default=7.5)
     sample_cmd.add_argument("--device", default=None)
     sample_cmd.add_argument("--out", default="samples.png", help="the grid image to write")
+    export_cmd = commands.add_parser("export", help="convert a trained model for other tools")
+    export_cmd.add_argument("--model", required=True, help="a trained model folder (full or LoRA)")
+    export_cmd.add_argument("--base", default=None, help="for a LoRA folder: the model it was trained on")
+    export_cmd.add_argument("--single-file", metavar="PATH.safetensors",
+                            help="one file in SD's original layout (AUTOMATIC1111, ComfyUI)")
+    export_cmd.add_argument("--kohya-lora", metavar="PATH.safetensors", help="a LoRA in kohya's layout")
+    push_cmd = commands.add_parser("push", help="upload a trained model folder to the Hugging Face Hub")
+    push_cmd.add_argument("--model", required=True, help="the folder train wrote (it holds README.md)")
+    push_cmd.add_argument("--repo-id", required=True, help="your-name/model-name")
+    push_cmd.add_argument("--private", action="store_true")
     commands.add_parser("offline-model", help="print the folder of the offline (toy) model")
     args = parser.parse_args(argv)
 
@@ -83,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
                               args.steps, args.guidance_scale)
             image_grid(images, cols=len(args.seeds)).save(args.out)
             print(f"wrote {args.out}")
+        elif args.command == "export":
+            export_model(args)
+        elif args.command == "push":
+            from .export import push_to_hub
+
+            print(push_to_hub(args.model, args.repo_id, private=args.private))
         elif args.command == "offline-model":
             from .offline import offline_model
 

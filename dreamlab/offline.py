@@ -27,26 +27,40 @@ SD_V1_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
                       skip_prk_steps=True, prediction_type="epsilon")
 
 
-def build_random_model(out: Path = RANDOM_MODEL, seed: int = 0) -> Path:
-    """Write a small random-weight SD in diffusers layout (safetensors) to `out`."""
+def build_random_model(out: Path = RANDOM_MODEL, seed: int = 0, size: str = "tiny") -> Path:
+    """Write a random-weight SD in diffusers layout (safetensors) to `out`.
+
+    size "tiny": the tests' model (seconds to build, milliseconds a step). size "small": SD's
+    topology at a fraction of its width (UNet channels 64/128/256/256, two layers per block,
+    cross-attention in the first three blocks, as SD's), for benchmarks."""
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
+    small = size == "small"
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=77, hidden_size=32,
-        intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        vocab_size=len(tokenizer), max_position_embeddings=77, hidden_size=128 if small else 32,
+        intermediate_size=512 if small else 64, num_hidden_layers=4 if small else 2,
+        num_attention_heads=4, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
         hidden_act="quick_gelu"))  # SD v1's text encoder is CLIP ViT-L/14's: quick_gelu
     vae = AutoencoderKL(  # four blocks, three downsamplings: 8x smaller, as in SD
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
-        block_out_channels=(8, 16, 32, 32), layers_per_block=1,
+        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8 if not small else 32,
+        block_out_channels=(32, 64, 128, 128) if small else (8, 16, 32, 32),
+        layers_per_block=2 if small else 1,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         scaling_factor=0.18215, sample_size=64)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), norm_num_groups=8, attention_head_dim=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=text_encoder.config.hidden_size)
+    if small:
+        unet = UNet2DConditionModel(
+            sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(64, 128, 256, 256), norm_num_groups=32, attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=text_encoder.config.hidden_size)
+    else:
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64), norm_num_groups=8, attention_head_dim=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=text_encoder.config.hidden_size)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=PNDMScheduler(**SD_V1_SCHEDULE), safety_checker=None,

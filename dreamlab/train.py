@@ -24,7 +24,7 @@ from . import checkpoints
 from .cache import cache_dataset
 from .data import collate, generate_class_images, set_epoch, subjects_dataset
 from .errors import DreamlabError
-from .export import save_diffusers, save_lora
+from .export import save_diffusers, save_lora, write_model_card
 from .lora import add_lora
 from .models import StableDiffusion, load_model
 from .optimizer import FusedStep, make_optimizer
@@ -115,8 +115,8 @@ def prepare_class_images(s: Settings, sd: StableDiffusion, accelerator: Accelera
 
 def place(module: torch.nn.Module, device, dtype: torch.dtype) -> None:
     module.to(device)
-    if module.dtype != dtype:  # cast only when needed (diffusers warns on every cast)
-        module.to(dtype=dtype)
+    if module.dtype != dtype:  # (nn.Module's own .to: diffusers' warns on every cast of a loaded model)
+        torch.nn.Module.to(module, dtype=dtype)
 
 
 def set_up_models(s: Settings, sd: StableDiffusion, device, frozen_dtype: torch.dtype) -> dict:
@@ -218,6 +218,7 @@ def sample_now(s: Settings, sd: StableDiffusion, accelerator: Accelerator, step:
     image_grid(images, cols=s.num_validation_images).save(folder / f"step-{step:06d}.png")
     if on_sample is not None:
         on_sample(step, images)
+    return images
 
 
 NAN_HELP = ("the loss became {loss} at step {step}, so that step was not applied. Likely causes: "
@@ -294,8 +295,9 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
     text_encoder_on = s.train_text_encoder
     stopped = False
     bar = tqdm(range(start, s.max_train_steps), desc="training", disable=not accelerator.is_main_process)
+    samples = None  # the latest validation images, for the model card
     if s.validation_steps and start == 0 and accelerator.is_main_process:
-        sample_now(s, sd, accelerator, 0, on_sample)  # the starting point, to compare with
+        samples = sample_now(s, sd, accelerator, 0, on_sample)  # the starting point, to compare with
     with stop_on_interrupt() as interrupt:
         for step in bar:
             if text_encoder_on and s.text_encoder_stop_step is not None and step >= s.text_encoder_stop_step:
@@ -329,7 +331,7 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
                 on_step(step + 1, logs)
             done = step + 1 == s.max_train_steps
             if s.validation_steps and (step + 1) % s.validation_steps == 0 and accelerator.is_main_process:
-                sample_now(s, sd, accelerator, step + 1, on_sample)
+                samples = sample_now(s, sd, accelerator, step + 1, on_sample)
             every_n = s.checkpointing_steps and (step + 1) % s.checkpointing_steps == 0
             if every_n or (interrupt["stop"] and not done):
                 last_checkpoint = save_checkpoint(step + 1)
@@ -350,5 +352,7 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
     out = None
     if save and accelerator.is_main_process:
         out = save_lora(sd, s.output_dir) if s.lora else save_diffusers(sd, s.output_dir)
+        # A README.md the Hub shows: base model, prompt, settings, the last samples
+        write_model_card(s.output_dir, s, images=samples, prompt=(s.validation_prompts or [None])[0])
     return TrainResult(sd=sd, history=history, output_dir=out, stopped_early=stopped,
                        checkpoint=last_checkpoint)

@@ -50,6 +50,16 @@ def test_engine_settings_from_the_command_line(tmp_path, offline_path, dreamboot
                "--no-prior-preservation", "--output-dir", str(out), *TRAIN_FLAGS, "--lora",
                "--lora-rank", "2", "--resume-from", "latest", "--max-train-steps", "4")
     assert done.returncode == 0 and "resumed from" in done.stdout, done.stderr[-3000:]
+    card = (out / "README.md").read_text()
+    assert "instance_prompt: a photo of sks dog" in card and "lora" in card
+
+    kohya = tmp_path / "kohya.safetensors"
+    done = run("dreamlab", "export", "--model", str(out), "--kohya-lora", str(kohya))
+    assert done.returncode == 2 and "--base" in done.stderr
+    done = run("dreamlab", "export", "--model", str(out), "--base", offline_path, "--kohya-lora", str(kohya),
+               "--single-file", str(tmp_path / "merged.safetensors"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert kohya.exists() and (tmp_path / "merged.safetensors").exists()
 
 
 def test_bad_input_gets_one_clear_line_not_a_traceback(tmp_path, offline_path):

@@ -8,8 +8,8 @@ from dreamlab.lessons import lesson_paths, run_lesson
 LESSONS = lesson_paths()
 
 
-def test_there_are_four_lessons_in_order():
-    assert [p.name[:3] for p in LESSONS] == ["01_", "02_", "03_", "04_"]
+def test_there_are_five_lessons_in_order():
+    assert [p.name[:3] for p in LESSONS] == ["01_", "02_", "03_", "04_", "05_"]
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
