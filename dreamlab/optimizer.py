@@ -43,12 +43,14 @@ class FusedStep:
             if len(group["params"]) != 1:
                 raise ValueError("FusedStep needs one parameter group per parameter")
             self.group_of[group["params"][0]] = group
-        self.overflow = False
+        self.overflow, self.scale = False, None
         self.hooks = [p.register_post_accumulate_grad_hook(self.update) for p in self.group_of]
 
     def update(self, param: torch.Tensor) -> None:
         if self.scaler is not None:
-            param.grad.div_(self.scaler.get_scale())
+            if self.scale is None:  # read once a step: get_scale() waits for the GPU
+                self.scale = self.scaler.get_scale()
+            param.grad.div_(self.scale)
         if not torch.isfinite(param.grad).all():
             self.overflow, param.grad = True, None  # this tensor skips the step
             return
@@ -64,9 +66,9 @@ class FusedStep:
 
     def end_step(self) -> bool:
         """After backward: True when some gradient overflowed (under fp16 the scale is halved)."""
-        overflow, self.overflow = self.overflow, False
+        overflow, self.overflow, scale, self.scale = self.overflow, False, self.scale, None
         if overflow and self.scaler is not None:
-            self.scaler.update(self.scaler.get_scale() / 2)
+            self.scaler.update(scale / 2)
         return overflow
 
     def remove(self) -> None:

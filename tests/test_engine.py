@@ -288,3 +288,40 @@ def test_several_subjects_and_a_caption_train_in_one_run(tmp_path, offline_path,
     with pytest.raises(DreamlabError, match=r"more_subjects\[0\].*class_dir"):
         Settings(**{**s.to_dict(), "more_subjects": [dict(instance_dir=str(cat),
                                                           instance_prompt="a photo of zwx cat")]}).validate()
+
+
+class FakeScaler:
+    """GradScaler's two calls FusedStep uses, for fp16 without a GPU."""
+
+    def __init__(self, scale):
+        self.scale, self.updates = scale, []
+
+    def get_scale(self):
+        return self.scale
+
+    def update(self, new_scale):
+        self.updates.append(new_scale)
+        self.scale = new_scale
+
+
+def test_the_fused_step_unscales_fp16_gradients_and_skips_overflow():
+    from dreamlab.optimizer import FusedStep
+
+    torch.manual_seed(0)
+    plain, fused = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 4)
+    reference = torch.optim.AdamW(plain.parameters(), lr=0.1)
+    plain(x).pow(2).mean().backward()
+    reference.step()
+    scaler = FakeScaler(1024.0)
+    step = FusedStep(torch.optim.AdamW([{"params": [p]} for p in fused.parameters()], lr=0.1), scaler=scaler)
+    (fused(x).pow(2).mean() * scaler.scale).backward()  # what accelerate's backward does under fp16
+    assert not step.end_step() and scaler.updates == []
+    assert torch.allclose(plain.weight, fused.weight) and torch.allclose(plain.bias, fused.bias)
+    assert all(p.grad is None for p in fused.parameters())  # freed as soon as used
+
+    before = fused.weight.detach().clone()
+    (fused(x * float("inf")).sum() * scaler.scale).backward()
+    assert step.end_step() and scaler.updates == [512.0]  # overflow: skipped, scale halved
+    assert torch.equal(fused.weight, before)
