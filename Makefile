@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (Python 3.10+ with venv):
-#   make lessons   run the four lessons offline on the CPU -> build/lessons/*.html and *.ipynb
+#   make lessons   run the lessons offline on the CPU -> build/lessons/*.html and *.ipynb
 #   make test      run the tests (notebooks included)
 # Both first make .venv with the CPU build of torch and the package (once).
 

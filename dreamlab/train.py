@@ -234,9 +234,12 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
     s.validate()
     accelerator = Accelerator(mixed_precision=s.mixed_precision, cpu=s.device == "cpu",
                               gradient_accumulation_steps=s.gradient_accumulation_steps)
-    if s.fused_optimizer_step and accelerator.num_processes > 1:
-        raise DreamlabError("fused_optimizer_step works on one GPU only (several GPUs must average "
-                            "all gradients before any update): set it to False")
+    if accelerator.num_processes > 1:
+        if s.fused_optimizer_step:
+            raise DreamlabError("fused_optimizer_step works on one GPU only (several GPUs must average "
+                                "all gradients before any update): set it to False")
+        if s.text_encoder_stop_step is not None:  # DDP cannot drop weights from its reduction midway
+            raise DreamlabError("text_encoder_stop_step works on one GPU only: set it to None")
     set_seed(s.seed)
     if sd is None:
         sd = load_model(s.model, s.revision, device=accelerator.device)
@@ -284,6 +287,12 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
             start, history = checkpoints.load_checkpoint(last_checkpoint, trained, optimizer, lr_scheduler,
                                                          {"noise": noise}, s.to_dict())
             print(f"resumed from {last_checkpoint} (step {start})")
+    elif s.checkpointing_steps and checkpoints.checkpoints(checkpoint_dir(s)):
+        # keep-last-K would delete this run's checkpoints in favour of an earlier run's later ones
+        earlier = checkpoints.checkpoints(checkpoint_dir(s))[-1]
+        raise DreamlabError(f"{checkpoint_dir(s)} holds an earlier run's checkpoints (the last: "
+                            f"{earlier.name}): set resume_from='latest' to go on with it, or delete "
+                            "that folder (or choose another output_dir) to start afresh")
 
     def save_checkpoint(step):
         if accelerator.is_main_process:
@@ -353,6 +362,7 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
     if save and accelerator.is_main_process:
         out = save_lora(sd, s.output_dir) if s.lora else save_diffusers(sd, s.output_dir)
         # A README.md the Hub shows: base model, prompt, settings, the last samples
-        write_model_card(s.output_dir, s, images=samples, prompt=(s.validation_prompts or [None])[0])
+        first = samples[:s.num_validation_images] if samples else None  # the first prompt's pictures
+        write_model_card(s.output_dir, s, images=first, prompt=(s.validation_prompts or [None])[0])
     return TrainResult(sd=sd, history=history, output_dir=out, stopped_early=stopped,
                        checkpoint=last_checkpoint)

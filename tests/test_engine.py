@@ -153,6 +153,9 @@ def test_checkpoints_every_n_steps_keep_the_last_k_and_resume_exactly(tmp_path, 
     assert max_difference(weights(whole.sd.unet), weights(resumed.sd.unet)) < 1e-6
     assert max_difference(weights(whole.sd.text_encoder), weights(resumed.sd.text_encoder)) < 1e-6
 
+    with pytest.raises(DreamlabError, match="earlier run's checkpoints.*resume_from='latest'"):
+        train(s, sd=load_model(offline_path), save=False)  # a fresh run must not prune them
+
     changed = Settings(**{**s.to_dict(), "resume_from": "latest", "lora": True})
     with pytest.raises(DreamlabError, match="lora=False.*lora=True"):
         train(changed, sd=load_model(offline_path), save=False)
@@ -198,7 +201,8 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, offline_path, 
 
     resumed = train(Settings(**{**s.to_dict(), "resume_from": "latest"}), sd=load_model(offline_path),
                     save=False)
-    whole = train(s, sd=load_model(offline_path), save=False)
+    elsewhere = Settings(**{**s.to_dict(), "output_dir": str(tmp_path / "uninterrupted")})
+    whole = train(elsewhere, sd=load_model(offline_path), save=False)
     assert len(resumed.history) == 8
     assert max_difference(weights(whole.sd.unet), weights(resumed.sd.unet)) < 1e-6
     assert max_difference(weights(whole.sd.text_encoder), weights(resumed.sd.text_encoder)) < 1e-6

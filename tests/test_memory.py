@@ -123,3 +123,17 @@ def test_the_train_step_benchmark_prints_its_figures(tmp_path):
     row = json.loads(done.stdout.strip().splitlines()[-1])
     assert row["median_step_s"] > 0 and row["peak_rss_mib"] > 100 and row["timed_steps"] == 2
     assert row["lora"] and row["cache"] and row["prior"]
+
+
+def test_the_lessons_gpu_settings_fit_a_t4(monkeypatch):
+    """What lessons 3-5 use on Colab: SD 1.5 with the savers that fit a T4, checkpoints, resume."""
+    from dreamlab import colab
+
+    monkeypatch.setattr(memory, "gpu_memory_gib", lambda: 14.75)
+    s = colab.gpu_settings(save_to_drive=True)  # not on Colab: the local output folder
+    assert s.model == memory.SD15 and s.mixed_precision == "fp16" and s.fused_optimizer_step
+    assert s.checkpointing_steps == 100 and s.resume_from == "latest"
+    assert s.output_dir.startswith(str(colab.OUTPUT)) and not s.lora
+    te = colab.gpu_settings(train_text_encoder=True)
+    need = memory.estimate(**{k: getattr(te, k) for k in memory.DEFAULTS})
+    assert te.train_text_encoder and need["total"] < 14
