@@ -329,3 +329,27 @@ def test_the_fused_step_unscales_fp16_gradients_and_skips_overflow():
     (fused(x * float("inf")).sum() * scaler.scale).backward()
     assert step.end_step() and scaler.updates == [512.0]  # overflow: skipped, scale halved
     assert torch.equal(fused.weight, before)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_bf16_mixed_precision_keeps_the_trained_weights_in_float32(lora, tmp_path, offline_path,
+                                                                    dreambooth_photos):
+    """The optimizer updates float32 weights only ("Attempting to unscale FP16 gradients" is what
+    users meet otherwise); the frozen parts run in half precision; afterwards all is float32."""
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", mixed_precision="bf16", lora=lora,
+                 train_text_encoder=True, max_train_steps=3)
+    sd = load_model(offline_path)
+    seen = []
+
+    def look(step, logs):
+        trained = [p.dtype for m in (sd.unet, sd.text_encoder) for p in m.parameters() if p.requires_grad]
+        frozen = [p.dtype for m in (sd.unet, sd.text_encoder, sd.vae) for p in m.parameters()
+                  if not p.requires_grad]
+        seen.append((set(trained), set(frozen)))
+
+    result = train(s, sd=sd, on_step=look, save=False)
+    assert all(trained == {torch.float32} for trained, _ in seen)
+    assert all(frozen == {torch.bfloat16} for _, frozen in seen)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+    assert {p.dtype for m in (result.sd.unet, result.sd.vae, result.sd.text_encoder)
+            for p in m.parameters()} == {torch.float32}
