@@ -8,7 +8,8 @@ The default model is "small": SD 1.x's topology (UNet channels 64/128/256/256, t
 block, cross-attention in the first three blocks; VAE 32/64/128/128; a 4-layer text encoder of
 width 128) with random weights, built in a few seconds. `--model` takes any diffusers folder.
 Each run is its own process, so `peak_rss_mib` (the process's peak resident memory, libraries
-included) belongs to this configuration alone.
+and class-image generation included, as in diffusers' script) belongs to this configuration
+alone; `train_peak_rss_mib` is the peak during training only (Linux: the peak is reset first).
 
 Reference, the issue's figures for diffusers' examples/dreambooth/train_dreambooth.py on this
 machine with the same small model: 1.10 s a step, 1.39 GiB peak RSS (256 px, prior preservation,
@@ -39,6 +40,7 @@ parser.add_argument("--prior", action=argparse.BooleanOptionalAction, default=Tr
 parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                     help="the optimizer step fused into the backward pass")
 parser.add_argument("--text-encoder", action="store_true", help="train the text encoder too")
+parser.add_argument("--gradient-checkpointing", action="store_true")
 parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"],
                     help="bf16: autocast on the CPU too (fast where the CPU has AVX512-BF16 or AMX)")
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +50,24 @@ torch.set_num_threads(args.threads)
 
 import dreamlab  # noqa: E402  (after set_num_threads)
 from dreamlab.offline import build_random_model  # noqa: E402
+
+
+def vm_hwm_mib() -> float | None:
+    """This process's peak resident memory since the last reset (Linux), in MiB."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # "5": reset the peak (VmHWM) to the current RSS
+    except OSError:
+        pass
+
 
 REFERENCE = {"step_s": 1.10, "peak_rss_mib": 1.39 * 1024}  # diffusers' script, see above
 WARMUP = 3
@@ -62,12 +82,14 @@ with tempfile.TemporaryDirectory() as tmp:
         learning_rate=1e-4 if args.lora else 5e-6, lora=args.lora, prior_preservation=args.prior,
         num_class_images=4, sample_batch_size=4, num_inference_steps=2, center_crop=True,
         cache_latents=not args.no_cache, fused_optimizer_step=args.fused,
-        train_text_encoder=args.text_encoder, mixed_precision=args.mixed_precision)
+        train_text_encoder=args.text_encoder, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing)
     if args.prior:  # the class images are made before timing: not part of a step
         sd = dreamlab.load_model(model)
         dreamlab.generate_class_images(sd.pipeline(), s.class_dir, s.class_prompt, s.num_class_images,
                                        batch_size=4, resolution=s.resolution, num_inference_steps=2)
         del sd
+    reset_peak_rss()
     stamps = []
     start = time.perf_counter()
     result = dreamlab.train(s, on_step=lambda step, logs: stamps.append(time.perf_counter()), save=False)
@@ -78,8 +100,10 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 row = {
     "model": args.model, "resolution": args.resolution, "lora": args.lora, "cache": not args.no_cache,
     "prior": args.prior, "fused": args.fused, "text_encoder": args.text_encoder,
-    "mixed_precision": args.mixed_precision, "threads": args.threads,
+    "mixed_precision": args.mixed_precision, "checkpointing": args.gradient_checkpointing,
+    "threads": args.threads,
     "median_step_s": round(statistics.median(steps), 3), "peak_rss_mib": round(peak),
+    "train_peak_rss_mib": round(vm_hwm_mib() or peak),
     "train_s_with_setup": round(total, 1), "timed_steps": len(steps),
     "vs_diffusers_step": round(statistics.median(steps) / REFERENCE["step_s"], 2),
     "vs_diffusers_rss": round(peak / REFERENCE["peak_rss_mib"], 2),

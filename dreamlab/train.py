@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -232,6 +233,9 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
     `on_step(step, logs)` is called after every optimiser step (the live loss plot uses it),
     `on_sample(step, images)` after every set of validation samples."""
     s.validate()
+    # accelerate keeps one mixed-precision choice per process; a notebook may call train() again
+    # with another, so forget the last one (the processes' own setup, PartialState, is kept)
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=s.mixed_precision, cpu=s.device == "cpu",
                               gradient_accumulation_steps=s.gradient_accumulation_steps)
     if accelerator.num_processes > 1:
