@@ -106,11 +106,14 @@ def samples_dir(s: Settings) -> Path:
 def prepare_class_images(s: Settings, sd: StableDiffusion, accelerator: Accelerator) -> None:
     """Generate the missing class images of each subject (on the main process only)."""
     if accelerator.is_main_process:
-        for subject in s.subjects():
-            generate_class_images(sd.pipeline(), subject.class_dir, subject.class_prompt,
-                                  s.num_class_images, batch_size=s.sample_batch_size,
-                                  resolution=s.resolution, num_inference_steps=s.num_inference_steps,
-                                  guidance_scale=s.guidance_scale, seed=s.seed)
+        # Under fp16/bf16 the frozen parts are already in half precision and the UNet in
+        # float32: autocast lets them work together, as in training.
+        with accelerator.autocast():
+            for subject in s.subjects():
+                generate_class_images(sd.pipeline(), subject.class_dir, subject.class_prompt,
+                                      s.num_class_images, batch_size=s.sample_batch_size,
+                                      resolution=s.resolution, num_inference_steps=s.num_inference_steps,
+                                      guidance_scale=s.guidance_scale, seed=s.seed)
     accelerator.wait_for_everyone()
 
 

@@ -337,7 +337,8 @@ def test_bf16_mixed_precision_keeps_the_trained_weights_in_float32(lora, tmp_pat
     """The optimizer updates float32 weights only ("Attempting to unscale FP16 gradients" is what
     users meet otherwise); the frozen parts run in half precision; afterwards all is float32."""
     s = settings(tmp_path, offline_path, dreambooth_photos / "dog", mixed_precision="bf16", lora=lora,
-                 train_text_encoder=True, max_train_steps=3)
+                 train_text_encoder=True, max_train_steps=3, prior_preservation=True, num_class_images=2,
+                 sample_batch_size=2, validation_prompts=["a photo of sks dog"], validation_steps=3)
     sd = load_model(offline_path)
     seen = []
 
