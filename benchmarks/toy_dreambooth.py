@@ -3,6 +3,7 @@ prior preservation stop language drift?
 
     python benchmarks/toy_dreambooth.py              # the lessons' default fine-tune
     python benchmarks/toy_dreambooth.py --steps 200 --guidance 7.5
+    python benchmarks/toy_dreambooth.py --no-base --prior on --images 16 --class-dir /tmp/cls  # screening
 
 Trains the toy model (data/toy-sd) on the striped ball's photos twice, with and without prior
 preservation, and prints one JSON line per model with the judge's numbers:
@@ -35,6 +36,14 @@ parser.add_argument("--lr", type=float, default=None)
 parser.add_argument("--class-images", type=int, default=None)
 parser.add_argument("--text-encoder", action=argparse.BooleanOptionalAction, default=None)
 parser.add_argument("--guidance", type=float, default=None)
+parser.add_argument("--instance-dir", default=None, help="default: data/instance/striped-ball")
+parser.add_argument("--class-prompt", default=None, help='default: "a photo of a ball"')
+parser.add_argument("--class-dir", default=None,
+                    help="keep the class images here, to reuse them (default: a temporary folder)")
+parser.add_argument("--prior", choices=("both", "on", "off"), default="both",
+                    help="train with prior preservation, without, or both (the default)")
+parser.add_argument("--base", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the model before fine-tuning (--no-base: skip it)")
 parser.add_argument("--images", type=int, default=32, help="pictures per prompt")
 parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--seed", type=int, default=0)
@@ -44,7 +53,8 @@ torch.set_num_threads(args.threads)
 overrides = {k: v for k, v in dict(max_train_steps=args.steps, learning_rate=args.lr,
                                    num_class_images=args.class_images,
                                    train_text_encoder=args.text_encoder,
-                                   guidance_scale=args.guidance).items() if v is not None}
+                                   guidance_scale=args.guidance, instance_dir=args.instance_dir,
+                                   class_prompt=args.class_prompt).items() if v is not None}
 # the lessons' offline fine-tune, with the flags given
 base = toyworld.dreambooth_settings(model=args.model, seed=args.seed, **overrides)
 judge = judging.load_judge()
@@ -67,11 +77,13 @@ def measure(name: str, sd, seconds: float) -> dict:
 
 
 with tempfile.TemporaryDirectory() as tmp:
-    measure("base", dreamlab.load_model(args.model), 0.0)
-    for prior in (True, False):
-        s = replace(base, prior_preservation=prior, class_dir=f"{tmp}/class", output_dir=f"{tmp}/out")
+    if args.base:
+        measure("base", dreamlab.load_model(args.model), 0.0)
+    for prior in {"both": (True, False), "on": (True,), "off": (False,)}[args.prior]:
+        s = replace(base, prior_preservation=prior, class_dir=args.class_dir or f"{tmp}/class",
+                    output_dir=f"{tmp}/out")
         start = time.perf_counter()
         result = dreamlab.train(s, save=False)
         measure(f"dreambooth, prior preservation {'on' if prior else 'off'}", result.sd,
                 time.perf_counter() - start)
-    print(json.dumps({"settings": {**s.to_dict(), "prior_preservation": "both"}}))
+    print(json.dumps({"settings": {**s.to_dict(), "prior_preservation": args.prior}}))

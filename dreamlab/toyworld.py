@@ -195,7 +195,15 @@ def subject_photos(n: int = 5, context: str | tuple[str, ...] = SUBJECT_CONTEXTS
 
 
 def dreambooth_settings(**overrides):
-    """The lessons' offline fine-tune: the toy model learns the striped ball in CPU minutes."""
+    """The lessons' offline fine-tune: the toy model learns the striped ball in CPU minutes.
+
+    The photos' caption files name their context ("a photo of sks ball on grass"), so the
+    background is put down to "on grass" rather than to "sks ball". Batches of 4 photos (and 4
+    class images) and a cosine decay of the learning rate to 0: with a constant rate and batches
+    of 1, the result depended mostly on the last few noisy steps (one seed drew the ball on snow,
+    the next did not). The text encoder must train: frozen, "sks" learned next to nothing
+    (benchmarks/toy_dreambooth.py measures all of this; see the README's toy-world section).
+    """
     from .settings import DATA, OUTPUT, Settings
 
     values = dict(model=str(DATA / "toy-sd"), instance_dir=str(DATA / "instance" / SUBJECT_NAME),
@@ -203,7 +211,8 @@ def dreambooth_settings(**overrides):
                   class_prompt=f"a photo of a {SUBJECT_CLASS}",
                   class_dir=str(OUTPUT / "toy-class-images"), output_dir=str(OUTPUT / "toy-dreambooth"),
                   device="cpu", resolution=64, center_crop=True, max_train_steps=300,
-                  learning_rate=3e-4, train_text_encoder=True, num_class_images=100,
+                  train_batch_size=4, learning_rate=3e-4, lr_scheduler="cosine",
+                  train_text_encoder=True, num_class_images=100,
                   sample_batch_size=16, num_inference_steps=25, guidance_scale=7.5)
     values.update(overrides)
     return Settings(**values)

@@ -1,5 +1,6 @@
 """DreamBooth works in the toy world, as the judge sees it: a short, seeded version of
-benchmarks/toy_dreambooth.py that checks the direction of each effect, not its size."""
+benchmarks/toy_dreambooth.py (the lessons' default fine-tune, 16 pictures a prompt) that checks
+the direction of each effect with a margin, not its size."""
 
 import pytest
 
@@ -7,7 +8,9 @@ from dreamlab import load_model, toyworld, train
 from dreamlab.judge import evaluate, load_judge
 
 SUBJECT_PROMPT = "a photo of sks ball on grass"
+NEW_CONTEXT = "a photo of sks ball in the night sky"  # never shown with the subject
 CLASS_PROMPT = "a photo of a ball"
+CLASS_IMAGES = 48
 
 
 @pytest.fixture(scope="module")
@@ -22,27 +25,33 @@ def runs(toy_path, tmp_path_factory):
                                          output_dir=str(tmp / "out"), prior_preservation=name == "prior",
                                          num_class_images=CLASS_IMAGES)
         sd = load_model(toy_path) if name == "base" else train(s, save=False).sd
-        images, table = evaluate(sd.pipeline(), judge, [SUBJECT_PROMPT, CLASS_PROMPT], n=16,
-                                 resolution=s.resolution, steps=s.num_inference_steps,
-                                 guidance=s.guidance_scale, seed=1000)
-        # Partial drift: "a ball" taking the subject's colour, red (a fifth of balls are red)
-        table["red balls"] = sum(a["colour"] == "red" for a in judge.predict(images[CLASS_PROMPT])) / 16
+        _, table = evaluate(sd.pipeline(), judge, [SUBJECT_PROMPT, NEW_CONTEXT, CLASS_PROMPT], n=16,
+                            resolution=s.resolution, steps=s.num_inference_steps,
+                            guidance=s.guidance_scale, seed=1000)
         results[name] = table
     return results
 
 
-CLASS_IMAGES = 48
-
-
 def test_fine_tuning_teaches_the_subject(runs):
+    # Measured (seed 0): base 0.0, with prior 0.56, without 0.94
     base = runs["base"][SUBJECT_PROMPT]["subject"]
     tuned = runs["prior"][SUBJECT_PROMPT]["subject"]
     assert base <= 0.1, base
     assert tuned >= base + 0.25, (base, tuned)
 
 
+def test_the_subject_goes_where_it_was_never_shown(runs):
+    # "in the night sky": the pictures are set there, and with prior preservation some show
+    # the subject (measured: 5 of 16, none before fine-tuning; the benchmark's 32 give more)
+    new = runs["prior"][NEW_CONTEXT]
+    assert new["context"] >= 0.8, new
+    assert runs["base"][NEW_CONTEXT]["subject"] <= 0.1, runs["base"][NEW_CONTEXT]
+    assert new["subject"] >= runs["base"][NEW_CONTEXT]["subject"] + 0.125, new
+
+
 def test_prior_preservation_reduces_language_drift(runs):
-    # The whole subject rarely leaks into "a ball" in a short run; its colour does, without prior
-    with_prior, without = runs["prior"]["red balls"], runs["no prior"]["red balls"]
-    assert with_prior < without, (with_prior, without)
-    assert runs["prior"][CLASS_PROMPT]["subject"] <= runs["no prior"][CLASS_PROMPT]["subject"]
+    # Without prior, "a ball" often becomes the striped ball (measured 0.75); with it, at most
+    # half as often (measured 0.0)
+    with_prior, without = runs["prior"][CLASS_PROMPT]["subject"], runs["no prior"][CLASS_PROMPT]["subject"]
+    assert without >= 0.25, without
+    assert with_prior <= without / 2, (with_prior, without)
