@@ -14,6 +14,7 @@ preservation, and prints one JSON line per model with the judge's numbers:
 """
 
 import argparse
+import ast
 import json
 import tempfile
 import time
@@ -47,6 +48,8 @@ parser.add_argument("--base", action=argparse.BooleanOptionalAction, default=Tru
 parser.add_argument("--images", type=int, default=32, help="pictures per prompt")
 parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="any other setting, e.g. --set offset_noise=0.2 min_snr_gamma=5")
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 
@@ -55,6 +58,12 @@ overrides = {k: v for k, v in dict(max_train_steps=args.steps, learning_rate=arg
                                    train_text_encoder=args.text_encoder,
                                    guidance_scale=args.guidance, instance_dir=args.instance_dir,
                                    class_prompt=args.class_prompt).items() if v is not None}
+for item in args.set:  # FIELD=VALUE, the value read as a Python literal where it is one
+    field, _, value = item.partition("=")
+    try:
+        overrides[field] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        overrides[field] = value
 # the lessons' offline fine-tune, with the flags given
 base = toyworld.dreambooth_settings(model=args.model, seed=args.seed, **overrides)
 judge = judging.load_judge()
@@ -68,6 +77,7 @@ def measure(name: str, sd, seconds: float) -> dict:
         "model": name,
         "subject_fidelity": sum(table[p]["subject"] for p in NEW_CONTEXTS) / len(NEW_CONTEXTS),
         "prompt_fidelity": sum(table[p]["context"] for p in NEW_CONTEXTS) / len(NEW_CONTEXTS),
+        **{"on " + p.split(" ")[-1]: table[p]["subject"] for p in NEW_CONTEXTS},  # each new context
         "trained_context": table[SEEN_CONTEXT]["subject"],
         "language_drift": table[CLASS_PROMPT]["subject"],
         "train_s": round(seconds, 1),

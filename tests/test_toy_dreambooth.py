@@ -10,7 +10,6 @@ from dreamlab.judge import evaluate, load_judge
 SUBJECT_PROMPT = "a photo of sks ball on grass"
 NEW_CONTEXT = "a photo of sks ball in the night sky"  # never shown with the subject
 CLASS_PROMPT = "a photo of a ball"
-CLASS_IMAGES = 48
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +21,7 @@ def runs(toy_path, tmp_path_factory):
     results = {}
     for name in ("base", "prior", "no prior"):
         s = toyworld.dreambooth_settings(model=toy_path, class_dir=str(tmp / "class"),
-                                         output_dir=str(tmp / "out"), prior_preservation=name == "prior",
-                                         num_class_images=CLASS_IMAGES)
+                                         output_dir=str(tmp / "out"), prior_preservation=name == "prior")
         sd = load_model(toy_path) if name == "base" else train(s, save=False).sd
         _, table = evaluate(sd.pipeline(), judge, [SUBJECT_PROMPT, NEW_CONTEXT, CLASS_PROMPT], n=16,
                             resolution=s.resolution, steps=s.num_inference_steps,
@@ -33,7 +31,7 @@ def runs(toy_path, tmp_path_factory):
 
 
 def test_fine_tuning_teaches_the_subject(runs):
-    # Measured (seed 0): base 0.0, with prior 0.56, without 0.94
+    # Measured (seed 0, 16 pictures): base 0.0, with prior 0.69, without 1.0
     base = runs["base"][SUBJECT_PROMPT]["subject"]
     tuned = runs["prior"][SUBJECT_PROMPT]["subject"]
     assert base <= 0.1, base
@@ -42,7 +40,7 @@ def test_fine_tuning_teaches_the_subject(runs):
 
 def test_the_subject_goes_where_it_was_never_shown(runs):
     # "in the night sky": the pictures are set there, and with prior preservation some show
-    # the subject (measured: 5 of 16, none before fine-tuning; the benchmark's 32 give more)
+    # the subject (measured: 15 of 16, none before fine-tuning; other training seeds give fewer)
     new = runs["prior"][NEW_CONTEXT]
     assert new["context"] >= 0.8, new
     assert runs["base"][NEW_CONTEXT]["subject"] <= 0.1, runs["base"][NEW_CONTEXT]
