@@ -3,7 +3,7 @@ prior preservation stop language drift?
 
     python benchmarks/toy_dreambooth.py              # the lessons' default fine-tune
     python benchmarks/toy_dreambooth.py --steps 200 --guidance 7.5
-    python benchmarks/toy_dreambooth.py --no-base --prior on --images 16 --class-dir /tmp/cls  # screening
+    python benchmarks/toy_dreambooth.py --no-base --prior on --images 16 --class-dir build/cls  # screening
 
 Trains the toy model (data/toy-sd) on the striped ball's photos twice, with and without prior
 preservation, and prints one JSON line per model with the judge's numbers:

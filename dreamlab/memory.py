@@ -38,7 +38,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .errors import DreamlabError
-from .lora import LORA_TARGETS
+from .lora import add_lora
 from .settings import SD15, Settings
 
 GiB = 2**30
@@ -170,16 +170,6 @@ def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         query, key, value, None, keep, dropout_p, is_causal, scale=scale)[0]
 
 
-def add_lora(module: torch.nn.Module, targets: list[str], rank: int) -> None:
-    from peft import LoraConfig, inject_adapter_in_model
-
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), module)
-    for name, p in module.named_parameters():
-        p.requires_grad_("lora_" in name)
-        if p.requires_grad:
-            p.data = p.data.float()  # the adapters train in float32
-
-
 def estimate(**options) -> dict:
     """Peak GPU memory of one DreamBooth training step, in GiB, for options named as in DEFAULTS.
 
@@ -204,9 +194,9 @@ def _estimate(options: tuple) -> tuple:
         # (nn.Module's .to: diffusers' own warns about casting, which matters for loaded weights only)
         torch.nn.Module.to(module.requires_grad_(False), half or torch.float32)
     if o["lora"]:  # the frozen model plus small float32 adapters
-        add_lora(unet, LORA_TARGETS["unet"], o["lora_rank"])
+        add_lora(unet, "unet", o["lora_rank"])
         if train_te:
-            add_lora(text_encoder, LORA_TARGETS["text_encoder"], o["lora_rank"])
+            add_lora(text_encoder, "text_encoder", o["lora_rank"])
     else:  # trained weights stay in float32 (see train.py)
         unet.float().requires_grad_(True)
         if train_te:

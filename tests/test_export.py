@@ -3,7 +3,6 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from huggingface_hub import ModelCard
-from peft import LoraConfig, inject_adapter_in_model
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -16,9 +15,7 @@ from dreamlab.export import (
     save_single_file,
     write_model_card,
 )
-
-UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+from dreamlab.lora import add_lora
 
 
 def image(pipe) -> np.ndarray:
@@ -39,11 +36,8 @@ def lora_sd(sd):
     """The random model with LoRA adapters as the trainer adds them, alpha != rank so that a
     wrong scale shows. peft starts lora_B at zero (no effect), so it is filled at random."""
     torch.manual_seed(0)  # lora_A's initial values come from the global generator
-    sd.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian",
-                                   target_modules=UNET_TARGETS))
-    # transformers' own add_adapter wants peft >= 0.22; peft's injection makes the same layers
-    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=6, init_lora_weights="gaussian",
-                                       target_modules=TEXT_TARGETS), sd.text_encoder)
+    add_lora(sd.unet, "unet", rank=4, alpha=8)  # as train() adds them
+    add_lora(sd.text_encoder, "text_encoder", rank=2, alpha=6)
     with torch.no_grad():
         for module in (sd.unet, sd.text_encoder):
             for name, p in module.named_parameters():
