@@ -168,7 +168,7 @@ def batches(loader, sampler, seed: int, start: int = 0):
     while True:
         sampler.generator.manual_seed(seed * 1_000_003 + epoch)
         set_epoch(loader.dataset, epoch)
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(loader):  # (skipped batches are still read: at most one pass)
             if i >= skip:
                 yield batch
         epoch, skip = epoch + 1, 0
@@ -223,6 +223,27 @@ def sample_now(s: Settings, sd: StableDiffusion, accelerator: Accelerator, step:
     if on_sample is not None:
         on_sample(step, images)
     return images
+
+
+def resume(s: Settings, trained: dict, optimizer, lr_scheduler, noise) -> tuple[int, list, Path | None]:
+    """With resume_from, put the checkpoint back and return (its step, its loss history, its path);
+    otherwise (0, [], None)."""
+    folder = checkpoint_dir(s)
+    if not s.resume_from:
+        earlier = checkpoints.checkpoints(folder) if s.checkpointing_steps else []
+        if earlier:  # keep-last-K would delete this run's checkpoints in favour of the earlier run's
+            raise DreamlabError(f"{folder} holds an earlier run's checkpoints (the last: "
+                                f"{earlier[-1].name}): set resume_from='latest' to go on with it, or "
+                                "delete that folder (or choose another output_dir) to start afresh")
+        return 0, [], None
+    path = checkpoints.find_checkpoint(s.resume_from, folder)
+    if path is None:
+        print(f"no checkpoint in {folder} yet: starting from step 0")
+        return 0, [], None
+    step, history = checkpoints.load_checkpoint(path, trained, optimizer, lr_scheduler,
+                                                {"noise": noise}, s.to_dict())
+    print(f"resumed from {path} (step {step})")
+    return step, history, path
 
 
 NAN_HELP = ("the loss became {loss} at step {step}, so that step was not applied. Likely causes: "
@@ -285,21 +306,7 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
 
     # Noise and timesteps come from this generator, saved in checkpoints: resuming replays them.
     noise = torch.Generator(accelerator.device).manual_seed(s.seed + accelerator.process_index)
-    start, history, last_checkpoint = 0, [], None
-    if s.resume_from:
-        last_checkpoint = checkpoints.find_checkpoint(s.resume_from, checkpoint_dir(s))
-        if last_checkpoint is None:
-            print(f"no checkpoint in {checkpoint_dir(s)} yet: starting from step 0")
-        else:
-            start, history = checkpoints.load_checkpoint(last_checkpoint, trained, optimizer, lr_scheduler,
-                                                         {"noise": noise}, s.to_dict())
-            print(f"resumed from {last_checkpoint} (step {start})")
-    elif s.checkpointing_steps and checkpoints.checkpoints(checkpoint_dir(s)):
-        # keep-last-K would delete this run's checkpoints in favour of an earlier run's later ones
-        earlier = checkpoints.checkpoints(checkpoint_dir(s))[-1]
-        raise DreamlabError(f"{checkpoint_dir(s)} holds an earlier run's checkpoints (the last: "
-                            f"{earlier.name}): set resume_from='latest' to go on with it, or delete "
-                            "that folder (or choose another output_dir) to start afresh")
+    start, history, last_checkpoint = resume(s, trained, optimizer, lr_scheduler, noise)
 
     def save_checkpoint(step):
         if accelerator.is_main_process:
