@@ -3,6 +3,7 @@ prior preservation stop language drift?
 
     python benchmarks/toy_dreambooth.py              # the lessons' default fine-tune
     python benchmarks/toy_dreambooth.py --steps 200 --guidance 7.5
+    python benchmarks/toy_dreambooth.py --seeds 0 1 2 --no-base   # three training seeds, and their mean
     python benchmarks/toy_dreambooth.py --no-base --prior on --images 16 --class-dir build/cls  # screening
 
 Trains the toy model (data/toy-sd) on the striped ball's photos twice, with and without prior
@@ -47,7 +48,8 @@ parser.add_argument("--base", action=argparse.BooleanOptionalAction, default=Tru
                     help="also measure the model before fine-tuning (--no-base: skip it)")
 parser.add_argument("--images", type=int, default=32, help="pictures per prompt")
 parser.add_argument("--threads", type=int, default=2)
-parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="training seeds: one run each, then the mean (pictures use the same seeds)")
 parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="any other setting, e.g. --set offset_noise=0.2 min_snr_gamma=5")
 args = parser.parse_args()
@@ -65,7 +67,7 @@ for item in args.set:  # FIELD=VALUE, the value read as a Python literal where i
     except (ValueError, SyntaxError):
         overrides[field] = value
 # the lessons' offline fine-tune, with the flags given
-base = toyworld.dreambooth_settings(model=args.model, seed=args.seed, **overrides)
+base = toyworld.dreambooth_settings(model=args.model, **overrides)
 judge = judging.load_judge()
 prompts = NEW_CONTEXTS + [SEEN_CONTEXT, CLASS_PROMPT]
 
@@ -90,10 +92,16 @@ with tempfile.TemporaryDirectory() as tmp:
     if args.base:
         measure("base", dreamlab.load_model(args.model), 0.0)
     for prior in {"both": (True, False), "on": (True,), "off": (False,)}[args.prior]:
-        s = replace(base, prior_preservation=prior, class_dir=args.class_dir or f"{tmp}/class",
-                    output_dir=f"{tmp}/out")
-        start = time.perf_counter()
-        result = dreamlab.train(s, save=False)
-        measure(f"dreambooth, prior preservation {'on' if prior else 'off'}", result.sd,
-                time.perf_counter() - start)
-    print(json.dumps({"settings": {**s.to_dict(), "prior_preservation": args.prior}}))
+        rows, which = [], f"prior preservation {'on' if prior else 'off'}"
+        for seed in args.seeds:
+            s = replace(base, seed=seed, prior_preservation=prior,
+                        class_dir=args.class_dir or f"{tmp}/class", output_dir=f"{tmp}/out")
+            start = time.perf_counter()
+            result = dreamlab.train(s, save=False)
+            rows.append(measure(f"dreambooth, {which}, seed {seed}",
+                                result.sd, time.perf_counter() - start))
+        if len(rows) > 1:  # the mean over training seeds: one seed's figure can mislead
+            print(json.dumps({"model": f"mean of {len(rows)} seeds, {which}",
+                              **{k: round(sum(r[k] for r in rows) / len(rows), 3)
+                                 for k in rows[0] if k != "model"}}), flush=True)
+    print(json.dumps({"settings": {**s.to_dict(), "prior_preservation": args.prior, "seeds": args.seeds}}))

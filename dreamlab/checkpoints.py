@@ -3,7 +3,8 @@
 A checkpoint is a folder `checkpoint-000100/` (the step) holding
     trained.safetensors     the weights being trained (all of the UNet, or only the LoRA adapters)
     optimizer.safetensors   AdamW's running averages; optimizer.json: its settings per group
-    rng-0.safetensors       the random generators of process 0 (noise, timesteps), 1, ...
+    rng-0.safetensors       the random generators of process 0 (noise, timesteps); rng-1 of
+                            process 1 (several GPUs draw different noise), ...
     state.json              step, learning-rate schedule, loss history, the run's settings
 It is written as `checkpoint-000100.tmp/` and renamed only when complete, so a crash or a kill
 at any moment leaves the last complete checkpoint as it was. Nothing here is a pickle.
@@ -75,9 +76,10 @@ def _sync(folder: Path) -> None:
             os.fsync(f.fileno())
 
 
-def save_checkpoint(folder, step: int, trained: dict, optimizer, lr_scheduler, generators: dict,
+def save_checkpoint(folder, step: int, trained: dict, optimizer, lr_scheduler, rng_states: list[dict],
                     history: list, settings: dict, keep: int = 2) -> Path:
-    """Write checkpoint `step` into `folder` atomically, then delete all but the newest `keep`."""
+    """Write checkpoint `step` into `folder` atomically, then delete all but the newest `keep`.
+    `rng_states`: one {name: generator state} per process, in process order."""
     folder = Path(folder)
     final = folder / f"checkpoint-{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -87,7 +89,8 @@ def save_checkpoint(folder, step: int, trained: dict, optimizer, lr_scheduler, g
     tensors, rest = _flatten_optimizer(optimizer.state_dict())
     save_file(tensors, tmp / "optimizer.safetensors")
     (tmp / "optimizer.json").write_text(json.dumps(rest))
-    save_file({k: g.get_state() for k, g in generators.items()}, tmp / "rng-0.safetensors")
+    for index, states in enumerate(rng_states):
+        save_file({k: v.cpu() for k, v in states.items()}, tmp / f"rng-{index}.safetensors")
     (tmp / "state.json").write_text(json.dumps(  # written last: its presence marks a complete folder
         {"step": step, "lr_scheduler": lr_scheduler.state_dict(), "history": history,
          "settings": settings}, indent=1, default=str))
@@ -106,8 +109,9 @@ def save_checkpoint(folder, step: int, trained: dict, optimizer, lr_scheduler, g
 
 
 def load_checkpoint(path, trained: dict, optimizer, lr_scheduler, generators: dict,
-                    settings: dict) -> tuple[int, list]:
-    """Put a checkpoint's weights, optimizer, schedule and generators back; return (step, history)."""
+                    settings: dict, process_index: int = 0) -> tuple[int, list]:
+    """Put a checkpoint's weights, optimizer, schedule and this process's generators back;
+    return (step, history)."""
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
     for name in MUST_MATCH:
@@ -125,6 +129,10 @@ def load_checkpoint(path, trained: dict, optimizer, lr_scheduler, generators: di
     optimizer.load_state_dict(_unflatten_optimizer(load_file(path / "optimizer.safetensors"),
                                                    json.loads((path / "optimizer.json").read_text())))
     lr_scheduler.load_state_dict(state["lr_scheduler"])
-    for name, value in load_file(path / "rng-0.safetensors").items():
-        generators[name].set_state(value)
+    rng = path / f"rng-{process_index}.safetensors"
+    if rng.exists():
+        for name, value in load_file(rng).items():
+            generators[name].set_state(value)
+    else:  # written by fewer processes: this one goes on with its own seed (no exact replay)
+        print(f"{path} has no random state for process {process_index}: its noise starts afresh")
     return state["step"], state["history"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
@@ -225,7 +225,8 @@ def sample_now(s: Settings, sd: StableDiffusion, accelerator: Accelerator, step:
     return images
 
 
-def resume(s: Settings, trained: dict, optimizer, lr_scheduler, noise) -> tuple[int, list, Path | None]:
+def resume(s: Settings, trained: dict, optimizer, lr_scheduler, noise,
+           process_index: int = 0) -> tuple[int, list, Path | None]:
     """With resume_from, put the checkpoint back and return (its step, its loss history, its path);
     otherwise (0, [], None)."""
     folder = checkpoint_dir(s)
@@ -241,7 +242,7 @@ def resume(s: Settings, trained: dict, optimizer, lr_scheduler, noise) -> tuple[
         print(f"no checkpoint in {folder} yet: starting from step 0")
         return 0, [], None
     step, history = checkpoints.load_checkpoint(path, trained, optimizer, lr_scheduler,
-                                                {"noise": noise}, s.to_dict())
+                                                {"noise": noise}, s.to_dict(), process_index)
     print(f"resumed from {path} (step {step})")
     return step, history, path
 
@@ -306,12 +307,14 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
 
     # Noise and timesteps come from this generator, saved in checkpoints: resuming replays them.
     noise = torch.Generator(accelerator.device).manual_seed(s.seed + accelerator.process_index)
-    start, history, last_checkpoint = resume(s, trained, optimizer, lr_scheduler, noise)
+    start, history, last_checkpoint = resume(s, trained, optimizer, lr_scheduler, noise,
+                                             accelerator.process_index)
 
     def save_checkpoint(step):
+        rng_states = gather_object([{"noise": noise.get_state()}])  # every process's, in order
         if accelerator.is_main_process:
             return checkpoints.save_checkpoint(checkpoint_dir(s), step, trained, optimizer, lr_scheduler,
-                                               {"noise": noise}, history, s.to_dict(),
+                                               rng_states, history, s.to_dict(),
                                                keep=s.checkpoints_total_limit)
 
     stream = batches(loader, sampler, s.seed, start * s.gradient_accumulation_steps)
@@ -355,6 +358,9 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
             done = step + 1 == s.max_train_steps
             if s.validation_steps and (step + 1) % s.validation_steps == 0 and accelerator.is_main_process:
                 samples = sample_now(s, sd, accelerator, step + 1, on_sample)
+            if accelerator.num_processes > 1:  # all processes stop at the same step, or they hang
+                flag = torch.tensor(float(interrupt["stop"]), device=accelerator.device)
+                interrupt["stop"] = accelerator.reduce(flag, "max").item() > 0
             every_n = s.checkpointing_steps and (step + 1) % s.checkpointing_steps == 0
             if every_n or (interrupt["stop"] and not done):
                 last_checkpoint = save_checkpoint(step + 1)

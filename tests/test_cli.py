@@ -97,3 +97,29 @@ def test_runs_under_accelerate_launch(tmp_path, offline_path, dreambooth_photos)
                launcher=(accelerate, "launch"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "model_index.json").exists()
+
+
+def test_two_processes_checkpoint_their_own_noise_and_resume_exactly(tmp_path, offline_path, dreambooth_photos):
+    """Two CPU processes (DDP over gloo, as several GPUs would run; torchrun starts them, since
+    `accelerate launch --cpu` starts one): each checkpoint holds both processes' noise
+    generators, and a run resumed from step 2 ends where the whole run ended."""
+    from safetensors.torch import load_file
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+
+    def launch(out, *more):
+        done = run("--nproc_per_node", "2", "-m", "dreamlab", "train", "--model", offline_path,
+                   "--instance-dir", str(dreambooth_photos / "dog"), "--no-prior-preservation",
+                   "--output-dir", str(out), *TRAIN_FLAGS, "--max-train-steps", "4",
+                   "--checkpointing-steps", "2", "--checkpoints-total-limit", "3", *more,
+                   launcher=(torchrun,))
+        assert done.returncode == 0, done.stderr[-3000:]
+        return load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+
+    whole = launch(tmp_path / "whole")
+    step2 = tmp_path / "whole-checkpoints" / "checkpoint-000002"
+    rng = [load_file(step2 / f"rng-{i}.safetensors")["noise"] for i in (0, 1)]
+    assert not (rng[0] == rng[1]).all()  # the processes draw different noise
+    shutil.copytree(step2, tmp_path / "resumed-checkpoints" / step2.name)
+    resumed = launch(tmp_path / "resumed", "--resume-from", "latest")
+    assert max((whole[k] - resumed[k]).abs().max().item() for k in whole) < 1e-6
