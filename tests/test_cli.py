@@ -99,7 +99,8 @@ def test_runs_under_accelerate_launch(tmp_path, offline_path, dreambooth_photos)
     assert (tmp_path / "out" / "model_index.json").exists()
 
 
-def test_two_processes_checkpoint_their_own_noise_and_resume_exactly(tmp_path, offline_path, dreambooth_photos):
+def test_two_processes_checkpoint_their_own_noise_and_resume_exactly(tmp_path, offline_path,
+                                                                     dreambooth_photos):
     """Two CPU processes (DDP over gloo, as several GPUs would run; torchrun starts them, since
     `accelerate launch --cpu` starts one): each checkpoint holds both processes' noise
     generators, and a run resumed from step 2 ends where the whole run ended."""

@@ -31,7 +31,7 @@ def runs(toy_path, tmp_path_factory):
 
 
 def test_fine_tuning_teaches_the_subject(runs):
-    # Measured (seed 0, 16 pictures): base 0.0, with prior 0.69, without 1.0
+    # Measured with the 32 pictures of benchmarks/toy_dreambooth.py: base 0.0, with prior 1.0
     base = runs["base"][SUBJECT_PROMPT]["subject"]
     tuned = runs["prior"][SUBJECT_PROMPT]["subject"]
     assert base <= 0.1, base
@@ -39,16 +39,16 @@ def test_fine_tuning_teaches_the_subject(runs):
 
 
 def test_the_subject_goes_where_it_was_never_shown(runs):
-    # "in the night sky": the pictures are set there, and with prior preservation some show
-    # the subject (measured: 15 of 16, none before fine-tuning; other training seeds give fewer)
+    # "in the night sky": the pictures are set there, and with prior preservation most show
+    # the subject (measured over training seeds 0, 1, 2: 1.0, 1.0, 0.97; before fine-tuning 0.06)
     new = runs["prior"][NEW_CONTEXT]
     assert new["context"] >= 0.8, new
-    assert runs["base"][NEW_CONTEXT]["subject"] <= 0.1, runs["base"][NEW_CONTEXT]
-    assert new["subject"] >= runs["base"][NEW_CONTEXT]["subject"] + 0.125, new
+    assert runs["base"][NEW_CONTEXT]["subject"] <= 0.15, runs["base"][NEW_CONTEXT]
+    assert new["subject"] >= runs["base"][NEW_CONTEXT]["subject"] + 0.5, new
 
 
 def test_prior_preservation_reduces_language_drift(runs):
-    # Without prior, "a ball" often becomes the striped ball (measured 0.75); with it, at most
+    # Without prior, "a ball" often becomes the striped ball (measured 0.97); with it, at most
     # half as often (measured 0.0)
     with_prior, without = runs["prior"][CLASS_PROMPT]["subject"], runs["no prior"][CLASS_PROMPT]["subject"]
     assert without >= 0.25, without
