@@ -21,8 +21,10 @@ import dreamlab
 from dreamlab import judge as judging
 from dreamlab import toyworld
 
-NEIGHBOURS = ["a photo of a red striped box on snow", "a photo of a red striped star in the night sky",
-              "a photo of a red dotted ball on snow", "a photo of a red ball in the night sky"]
+# The subject's neighbours: red, striped or a ball, in the contexts its photos never showed
+NEIGHBOURS = [toyworld.Scene("box", "red", "snow", "striped"),
+              toyworld.Scene("star", "red", "night sky", "striped"),
+              toyworld.Scene("ball", "red", "snow", "dotted"), toyworld.Scene("ball", "red", "night sky")]
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--model", default=str(dreamlab.DATA / "toy-sd"))
@@ -37,30 +39,25 @@ pipe, judge = dreamlab.load_model(args.model).pipeline(), judging.load_judge()
 ATTRIBUTES = ("shape", "colour", "pattern", "context")
 
 
-def asked(caption: str) -> dict:
-    """What a full caption asks for: "a photo of a red striped box on snow" -> its four attributes."""
-    words = caption.split()
-    return {"shape": next(w for w in words if w in toyworld.SHAPES),
-            "colour": next(w for w in words if w in toyworld.COLOURS),
-            "pattern": next((w for w in words if w in toyworld.PATTERNS), "plain"),
-            "context": judging.prompt_context(caption)}
-
-
 def draw_and_judge(captions: list[str], seeds: list[int]) -> list[dict]:
     images = dreamlab.generate(pipe, captions, seeds, 64, 25, args.guidance, batch_size=32)
     return judge.predict(images)
 
 
+def right(answers: list[dict], scenes: list, attributes=ATTRIBUTES) -> float:
+    """The share of pictures whose `attributes` the judge finds as each scene asked."""
+    return np.mean([all(a[k] == getattr(scene, k) for k in attributes) for a, scene in zip(answers, scenes)])
+
+
 rng = np.random.default_rng(123)
-captions = [toyworld.random_scene(rng).caption() for _ in range(args.captions)]
-answers = draw_and_judge(captions, list(range(len(captions))))
-wanted = [asked(c) for c in captions]
+scenes = [toyworld.random_scene(rng) for _ in range(args.captions)]
+answers = draw_and_judge([scene.caption() for scene in scenes], list(range(len(scenes))))
 row = {"model": args.model, "guidance": args.guidance}
 for attribute in ATTRIBUTES:
-    row[attribute] = np.mean([a[attribute] == w[attribute] for a, w in zip(answers, wanted)])
-row["all four"] = np.mean([all(a[k] == w[k] for k in ATTRIBUTES) for a, w in zip(answers, wanted)])
-for caption in NEIGHBOURS:
-    answers = draw_and_judge([caption] * args.images, list(range(args.images)))
-    row[caption] = np.mean([all(a[k] == v for k, v in asked(caption).items()) for a in answers])
+    row[attribute] = right(answers, scenes, (attribute,))
+row["all four"] = right(answers, scenes)
+for scene in NEIGHBOURS:
+    answers = draw_and_judge([scene.caption()] * args.images, list(range(args.images)))
+    row[scene.caption()] = right(answers, [scene] * args.images)
 print(json.dumps({k: round(float(v), 3) if isinstance(v, (float, np.floating)) else v
                   for k, v in row.items()}))
