@@ -23,7 +23,7 @@ from .errors import DreamlabError
 
 NAME = re.compile(r"^checkpoint-(\d+)$")
 # Settings that must match to resume: the checkpoint's weights would not fit otherwise.
-MUST_MATCH = ("model", "lora", "lora_rank", "train_text_encoder")
+MUST_MATCH = ("model", "lora", "lora_rank", "train_text_encoder", "train_identifier")
 
 
 def checkpoints(folder) -> list[Path]:

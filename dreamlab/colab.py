@@ -24,8 +24,9 @@ def gpu_settings(save_to_drive: bool = True, **overrides) -> Settings:
     resume_from="latest", with every folder under output_folder(save_to_drive)."""
     from . import memory
 
-    savers, _ = memory.plan(memory.gpu_memory_gib(), train_text_encoder=overrides.get(
-        "train_text_encoder", Settings.train_text_encoder))
+    text_encoder = {name: overrides.get(name, getattr(Settings, name))  # what it trains changes the fit
+                    for name in ("train_text_encoder", "train_identifier")}
+    savers, _ = memory.plan(memory.gpu_memory_gib(), **text_encoder)
     out = output_folder(save_to_drive)
     values = dict(savers, output_dir=f"{out}/dreambooth", class_dir=f"{out}/class-images",
                   checkpointing_steps=100, resume_from="latest")

@@ -65,7 +65,7 @@ SD15_CONFIGS = {
 # The options estimate() takes; most are named and defaulted as in Settings.
 DEFAULTS = dict(model=SD15, resolution=Settings.resolution, train_batch_size=Settings.train_batch_size,
                 prior_preservation=Settings.prior_preservation,
-                train_text_encoder=Settings.train_text_encoder,
+                train_text_encoder=Settings.train_text_encoder, train_identifier=Settings.train_identifier,
                 mixed_precision=Settings.mixed_precision, gradient_checkpointing=False,
                 use_8bit_adam=False, cache_latents=False, lora=False, lora_rank=4, attention="sdpa",
                 fused_optimizer_step=False)
@@ -189,18 +189,21 @@ def _estimate(options: tuple) -> tuple:
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(o["mixed_precision"])
     parts = meta_model(o["model"])
     unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
-    train_te = o["train_text_encoder"]
+    # train_te: the text encoder runs with gradients (all of it learns, or the identifier's word)
+    train_te = o["train_text_encoder"] or o["train_identifier"]
     for module in parts.values():  # frozen parts run in half precision under fp16/bf16
         # (nn.Module's .to: diffusers' own warns about casting, which matters for loaded weights only)
         torch.nn.Module.to(module.requires_grad_(False), half or torch.float32)
     if o["lora"]:  # the frozen model plus small float32 adapters
         add_lora(unet, "unet", o["lora_rank"])
-        if train_te:
+        if o["train_text_encoder"]:
             add_lora(text_encoder, "text_encoder", o["lora_rank"])
     else:  # trained weights stay in float32 (see train.py)
         unet.float().requires_grad_(True)
-        if train_te:
+        if o["train_text_encoder"]:
             text_encoder.float().requires_grad_(True)
+        elif o["train_identifier"]:  # all in float32; the word table (all 49,408 rows) has gradients
+            text_encoder.float().get_input_embeddings().weight.requires_grad_(True)
     counter, gpu = LiveBytes(), LikeAGPU(fused_attention=o["attention"] == "sdpa")
     if o["gradient_checkpointing"]:  # the recomputation, in backward, must also run like a GPU
         recompute_like_a_gpu = dict(use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), gpu))

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import DreamlabError
+from .identifier import identifier_words
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,9 @@ class Settings:
     train_text_encoder: bool = False
     text_encoder_lr: float | None = None  # None: the same as learning_rate
     text_encoder_stop_step: int | None = None  # freeze the text encoder from this step on
+    # Or learn only the identifier's word ("sks"), the rest of the text encoder frozen (identifier.py)
+    train_identifier: bool = False
+    identifier_lr: float = 5e-3  # a word embedding needs a far higher rate than weights do
     seed: int = 0
 
     # LoRA: train small low-rank adapters beside the frozen weights instead of the weights
@@ -131,8 +135,18 @@ class Settings:
                 bad(name, "must not be negative (0 turns it off)")
         if self.text_encoder_lr is not None and not 0 < self.text_encoder_lr <= 1e-2:
             bad("text_encoder_lr", "must be above 0 and at most 1e-2 (None: the same as learning_rate)")
-        if self.text_encoder_stop_step is not None and not self.train_text_encoder:
-            bad("text_encoder_stop_step", "needs train_text_encoder=True")
+        if self.text_encoder_stop_step is not None and not self.text_encoder_trains:
+            bad("text_encoder_stop_step", "needs train_text_encoder=True or train_identifier=True")
+        if self.train_identifier:
+            if self.train_text_encoder:
+                bad("train_identifier", "choose one: train_text_encoder=True already trains every word, "
+                    "the identifier's included")
+            if self.lora:
+                bad("train_identifier", "works with a full fine-tune only (lora=False) for now")
+            if not 0 < self.identifier_lr <= 0.1:
+                bad("identifier_lr", "must be above 0 and at most 0.1 (5e-3 is usual)")
+            for subject in self.subjects():  # a clear message now if a prompt has no identifier
+                identifier_words(subject.instance_prompt, subject.class_prompt)
         if self.fused_optimizer_step and self.gradient_accumulation_steps > 1:
             bad("fused_optimizer_step", "cannot accumulate gradients (it frees each one at once): "
                 "set gradient_accumulation_steps=1 or fused_optimizer_step=False")
@@ -155,6 +169,11 @@ class Settings:
                 raise DreamlabError(f"more_subjects[{i}]: prior preservation needs its class_dir "
                                     "and class_prompt")
         return self
+
+    @property
+    def text_encoder_trains(self) -> bool:
+        """Whether any of the text encoder changes (all of it, or the identifier's word)."""
+        return self.train_text_encoder or self.train_identifier
 
     def subjects(self) -> list[Subject]:
         """The main subject (instance_dir, instance_prompt, ...) then more_subjects."""

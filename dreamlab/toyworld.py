@@ -199,12 +199,14 @@ def dreambooth_settings(**overrides):
 
     The photos' caption files name their context ("a photo of sks ball on grass"), so the
     background is put down to "on grass" rather than to "sks ball". Batches of 4 photos (and 4
-    class images) and a cosine decay of the learning rate to 0. The text encoder learns ten times
-    faster than the UNet (1e-3 against 1e-4): what "sks" means is then carried mostly by the text,
-    and the UNet, barely changed, keeps drawing contexts as it learned to. With both at 3e-4 the
-    UNet memorised the photos (the ball perfect on grass and sand, in no other context); frozen,
-    the text encoder learned next to nothing; at 3e-3 it carried the grass into every prompt
-    (benchmarks/toy_dreambooth.py measures all of this; see the README's toy-world section).
+    class images) and a cosine decay of the learning rate to 0. The text encoder stays frozen
+    but for one word: "sks" learns its own embedding (train_identifier, at 5e-3) while the UNet
+    learns slowly (5e-5). The word then carries the subject, and the pretrained text encoder
+    composes it with "on snow" as with any other word; the UNet, barely changed, keeps drawing
+    contexts as it learned to. Training the whole text encoder instead (1e-3) tied the subject
+    to its photos' contexts: in the night sky 0.99, on snow 0 (its red turned purple); with the
+    UNet and text encoder both at 3e-4 the UNet memorised the photos (benchmarks/toy_dreambooth.py
+    measures all of this; see the README's toy-world section).
     """
     from .settings import DATA, OUTPUT, Settings
 
@@ -213,8 +215,8 @@ def dreambooth_settings(**overrides):
                   class_prompt=f"a photo of a {SUBJECT_CLASS}",
                   class_dir=str(OUTPUT / "toy-class-images"), output_dir=str(OUTPUT / "toy-dreambooth"),
                   device="cpu", resolution=64, center_crop=True, max_train_steps=400,
-                  train_batch_size=4, learning_rate=1e-4, text_encoder_lr=1e-3, lr_scheduler="cosine",
-                  train_text_encoder=True, num_class_images=100,
+                  train_batch_size=4, learning_rate=5e-5, lr_scheduler="cosine",
+                  train_identifier=True, identifier_lr=5e-3, num_class_images=100,
                   sample_batch_size=16, num_inference_steps=25, guidance_scale=7.5)
     values.update(overrides)
     return Settings(**values)

@@ -26,6 +26,7 @@ from .cache import cache_dataset
 from .data import collate, generate_class_images, set_epoch, subjects_dataset
 from .errors import DreamlabError
 from .export import save_diffusers, save_lora, write_model_card
+from .identifier import identifier_token_ids, train_identifier_embedding
 from .lora import add_lora
 from .models import StableDiffusion, load_model
 from .optimizer import FusedStep, make_optimizer
@@ -133,16 +134,18 @@ def set_up_models(s: Settings, sd: StableDiffusion, device, frozen_dtype: torch.
     else:  # trained weights stay in float32 (the optimizer cannot update float16 weights:
         place(sd.unet.requires_grad_(True), device, torch.float32)  # "Attempting to unscale FP16 gradients")
     sd.text_encoder.requires_grad_(False)
-    place(sd.text_encoder, device, frozen_dtype if s.lora or not s.train_text_encoder else torch.float32)
+    place(sd.text_encoder, device, frozen_dtype if s.lora or not s.text_encoder_trains else torch.float32)
     if s.train_text_encoder:
         if s.lora:
             add_lora(sd.text_encoder, "text_encoder", s.lora_rank, s.lora_alpha)
         else:
             sd.text_encoder.requires_grad_(True)
-    sd.unet.train(), sd.text_encoder.train(s.train_text_encoder)
+    if s.train_identifier:  # only the identifier's row of the word table learns
+        train_identifier_embedding(sd.text_encoder, identifier_token_ids(sd.tokenizer, s.subjects()))
+    sd.unet.train(), sd.text_encoder.train(s.text_encoder_trains)
     if s.gradient_checkpointing:  # keep fewer activations; recompute them in the backward pass
         sd.unet.enable_gradient_checkpointing()
-        if s.train_text_encoder:  # (transformers 5 renamed the method)
+        if s.text_encoder_trains:  # (transformers 5 renamed the method)
             enable = getattr(sd.text_encoder, "activation_checkpointing_enable", None)
             (enable or sd.text_encoder.gradient_checkpointing_enable)()
     sd.unet.set_attn_processor(AttnProcessor2_0() if s.attention == "sdpa" else AttnProcessor())
@@ -151,13 +154,21 @@ def set_up_models(s: Settings, sd: StableDiffusion, device, frozen_dtype: torch.
 
 
 def parameter_groups(s: Settings, trained: dict) -> list[dict]:
-    """The UNet's weights at learning_rate, the text encoder's at text_encoder_lr; one group
-    per weight tensor for the fused step (which steps one at a time)."""
+    """The UNet's weights at learning_rate, the text encoder's at text_encoder_lr (or, when
+    only the identifier learns, its word table at identifier_lr); one group per weight tensor
+    for the fused step (which steps one at a time)."""
     lr_of = {"unet": s.learning_rate, "text_encoder": s.text_encoder_lr or s.learning_rate}
+    if s.train_identifier:
+        lr_of["text_encoder"] = s.identifier_lr
+
+    def group(part: str, params: list) -> dict:
+        if part == "text_encoder" and s.train_identifier:  # weight decay would shrink every word
+            return {"params": params, "lr": lr_of[part], "weight_decay": 0.0}
+        return {"params": params, "lr": lr_of[part]}
+
     if s.fused_optimizer_step:
-        return [{"params": [p], "lr": lr_of[name.split(".")[0]]} for name, p in trained.items()]
-    groups = [{"params": [p for n, p in trained.items() if n.startswith(part + ".")], "lr": lr}
-              for part, lr in lr_of.items()]
+        return [group(name.split(".")[0], [p]) for name, p in trained.items()]
+    groups = [group(part, [p for n, p in trained.items() if n.startswith(part + ".")]) for part in lr_of]
     return [g for g in groups if g["params"]]
 
 
@@ -283,9 +294,9 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
     dataset = subjects_dataset(s.subjects(), sd.tokenizer, s.resolution, s.prior_preservation,
                                s.center_crop, s.seed)
     if s.cache_latents:  # encode once; then the VAE (and a frozen text encoder) leave the GPU
-        dataset = cache_dataset(dataset, sd, embed_text=not s.train_text_encoder)
+        dataset = cache_dataset(dataset, sd, embed_text=not s.text_encoder_trains)
         sd.vae.to("cpu")
-        if not s.train_text_encoder:
+        if not s.text_encoder_trains:
             sd.text_encoder.to("cpu")
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator())
     loader = torch.utils.data.DataLoader(dataset, batch_size=s.train_batch_size, sampler=sampler,
@@ -301,9 +312,9 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
     else:
         sd.unet, optimizer, loader, lr_scheduler = accelerator.prepare(sd.unet, optimizer, loader,
                                                                       lr_scheduler)
-    if s.train_text_encoder:
+    if s.text_encoder_trains:
         sd.text_encoder = accelerator.prepare(sd.text_encoder)
-    models = [sd.unet] + ([sd.text_encoder] if s.train_text_encoder else [])
+    models = [sd.unet] + ([sd.text_encoder] if s.text_encoder_trains else [])
 
     # Noise and timesteps come from this generator, saved in checkpoints: resuming replays them.
     noise = torch.Generator(accelerator.device).manual_seed(s.seed + accelerator.process_index)
@@ -318,7 +329,7 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
                                                keep=s.checkpoints_total_limit)
 
     stream = batches(loader, sampler, s.seed, start * s.gradient_accumulation_steps)
-    text_encoder_on = s.train_text_encoder
+    text_encoder_on = s.text_encoder_trains
     stopped = False
     bar = tqdm(range(start, s.max_train_steps), desc="training", disable=not accelerator.is_main_process)
     samples = None  # the latest validation images, for the model card

@@ -134,10 +134,11 @@ def test_offset_noise_and_min_snr_change_the_loss_as_they_should(sd, dreambooth_
     assert loss(offset_noise=0.5) != pytest.approx(plain)
 
 
+@pytest.mark.parametrize("text_encoder", [dict(train_text_encoder=True), dict(train_identifier=True)])
 def test_checkpoints_every_n_steps_keep_the_last_k_and_resume_exactly(tmp_path, offline_path,
-                                                                       dreambooth_photos):
+                                                                       dreambooth_photos, text_encoder):
     s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=6,
-                 train_text_encoder=True, checkpointing_steps=2, checkpoints_total_limit=2)
+                 checkpointing_steps=2, checkpoints_total_limit=2, **text_encoder)
     whole = train(s, sd=load_model(offline_path), save=False)
     folder = train_module.checkpoint_dir(s)
     assert [p.name for p in checkpoints(folder)] == ["checkpoint-000004", "checkpoint-000006"]
@@ -156,8 +157,10 @@ def test_checkpoints_every_n_steps_keep_the_last_k_and_resume_exactly(tmp_path, 
     with pytest.raises(DreamlabError, match="earlier run's checkpoints.*resume_from='latest'"):
         train(s, sd=load_model(offline_path), save=False)  # a fresh run must not prune them
 
-    changed = Settings(**{**s.to_dict(), "resume_from": "latest", "lora": True})
-    with pytest.raises(DreamlabError, match="lora=False.*lora=True"):
+    # the other way of training the text encoder: other weights, so the checkpoint is refused
+    swapped = {"train_text_encoder": s.train_identifier, "train_identifier": s.train_text_encoder}
+    changed = Settings(**{**s.to_dict(), "resume_from": "latest", **swapped})
+    with pytest.raises(DreamlabError, match="train_text_encoder=(True|False), this run has"):
         train(changed, sd=load_model(offline_path), save=False)
 
 

@@ -68,6 +68,9 @@ def test_the_savings_do_what_they_say(tiny):
     assert lora["trained_params"] < 0.05 * full["trained_params"]
     assert lora["gradients"] + lora["optimizer"] < 0.05 * (full["gradients"] + full["optimizer"])
     assert tiny(train_text_encoder=True)["trained_params"] > full["trained_params"]
+    # the identifier's word: the word table has gradients, the rest of the text encoder none
+    assert full["trained_params"] < tiny(train_identifier=True)["trained_params"] < \
+        tiny(train_text_encoder=True)["trained_params"]
     with pytest.raises(DreamlabError, match="unknown option"):
         tiny(batch_size=2)
 

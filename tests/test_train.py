@@ -128,6 +128,34 @@ def test_text_encoder_training_and_lr_schedule(tmp_path, offline_path, dreamboot
     assert [round(h["lr"], 6) for h in result.history] == [0.00075, 0.0005, 0.00025, 0.0]
 
 
+def test_train_identifier_moves_only_the_identifiers_word(tmp_path, offline_path, dreambooth_photos):
+    s = settings(tmp_path, offline_path, instance_dir=str(dreambooth_photos / "dog"),
+                 train_identifier=True, identifier_lr=1e-2, max_train_steps=3)
+    sd = load_model(offline_path)
+    sks = sd.tokenizer("sks", add_special_tokens=False).input_ids
+    before = {k: v.clone() for k, v in sd.text_encoder.state_dict().items()}
+    result = train(s, sd=sd)
+    after = result.sd.text_encoder.state_dict()
+    table = next(k for k in before if k.endswith("token_embedding.weight"))
+    moved = (before[table] != after[table]).any(dim=1).nonzero().flatten().tolist()
+    assert moved == sks  # "sks" alone: not "a", "photo", "dog", and no other word decayed
+    assert all(torch.equal(before[k], after[k]) for k in before if k != table)
+    loaded = load_model(str(tmp_path / "out"))  # the saved model has the learned word
+    assert torch.equal(loaded.text_encoder.state_dict()[table], after[table])
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (dict(train_text_encoder=True), "choose one"),
+    (dict(lora=True), "full fine-tune only"),
+    (dict(instance_prompt="a photo of a dog"), "has no word that class prompt"),
+    (dict(identifier_lr=1.0), "at most 0.1"),
+])
+def test_bad_identifier_settings_are_named(overrides, words, dreambooth_photos):
+    s = Settings(instance_dir=str(dreambooth_photos / "dog"), train_identifier=True, **overrides)
+    with pytest.raises(DreamlabError, match=words):
+        s.validate()
+
+
 def test_same_seed_same_result(tmp_path, offline_path, dreambooth_photos):
     s = settings(tmp_path, offline_path, instance_dir=str(dreambooth_photos / "dog"))
     a = train(s, sd=load_model(offline_path), save=False).history
