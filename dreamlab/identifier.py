@@ -8,8 +8,12 @@ is the pretrained one, so "sks dog on snow" is composed the way the model compos
 "<word> dog on snow". diffusers' advanced DreamBooth script calls this pivotal tuning.
 
 The identifier is what the instance prompt says and the class prompt does not:
-"a photo of sks dog" against "a photo of a dog" gives "sks".
+"a photo of sks dog" against "a photo of a dog" gives "sks". So keep the instance prompt to the
+class prompt plus the identifier: "a photo of sks dog on a sofa" would train "on" and "sofa" too
+(say where a photo was taken in its caption file instead, lesson 2).
 """
+
+import re
 
 import torch
 
@@ -21,8 +25,8 @@ def identifier_words(instance_prompt: str, class_prompt: str | None) -> list[str
     if not class_prompt:
         raise DreamlabError(f"train_identifier: instance prompt {instance_prompt!r} needs a class prompt "
                             "(e.g. \"a photo of a dog\") to tell the identifier from the class")
-    known = set(class_prompt.lower().split())
-    words = [w for w in instance_prompt.lower().split() if w not in known]
+    known = set(re.findall(r"\w+", class_prompt.lower()))  # words; "dog." is "dog"
+    words = [w for w in re.findall(r"\w+", instance_prompt.lower()) if w not in known]
     if not words:
         raise DreamlabError(f"train_identifier: instance prompt {instance_prompt!r} has no word that "
                             f"class prompt {class_prompt!r} lacks; put the identifier in it, "
@@ -31,7 +35,8 @@ def identifier_words(instance_prompt: str, class_prompt: str | None) -> list[str
 
 
 def identifier_token_ids(tokenizer, subjects) -> list[int]:
-    """The token ids of every subject's identifier ("sks" is one token; a rarer word may be two)."""
+    """The token ids of every subject's identifier. "sks" is one token; a word the tokenizer
+    splits ("zwx" -> "z", "wx") trains its pieces, which other words share: prefer one token."""
     words = [w for s in subjects for w in identifier_words(s.instance_prompt, s.class_prompt)]
     ids = tokenizer(words, add_special_tokens=False).input_ids
     return sorted({i for word in ids for i in word})

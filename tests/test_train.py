@@ -144,6 +144,13 @@ def test_train_identifier_moves_only_the_identifiers_word(tmp_path, offline_path
     assert torch.equal(loaded.text_encoder.state_dict()[table], after[table])
 
 
+def test_the_identifier_is_what_the_instance_prompt_adds():
+    from dreamlab.identifier import identifier_words
+
+    assert identifier_words("A photo of sks dog.", "a photo of a dog") == ["sks"]  # case, punctuation
+    assert identifier_words("a photo of zwx cat on a sofa", "a photo of a cat") == ["zwx", "on", "sofa"]
+
+
 @pytest.mark.parametrize("overrides, words", [
     (dict(train_text_encoder=True), "choose one"),
     (dict(lora=True), "full fine-tune only"),
