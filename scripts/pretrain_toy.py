@@ -35,9 +35,9 @@ How data/toy-sd was made: `python scripts/pretrain_toy.py` (these defaults, seed
   0.0255, Min-SNR-weighted). Two threads gave little: the previous model's UNet steps took 0.69 s
   on one thread; the UNet's own forward and backward pass, timed alone, went from 0.70 s on one
   thread to 0.47 s on two. Profiled (cProfile, 60 steps, two threads, 0.67 s a step): the backward
-  pass 0.31 s, convolutions 0.20 s (the UNet's and the VAE's encoding of the 64 pictures), AdamW
-  0.02 s, EMA and drawing the pictures a few ms: the networks themselves, so under an hour needs
-  fewer steps or a smaller network, not faster bookkeeping. Sampling: 0.13 s an image
+  pass about 0.3 s, most of the rest the forward passes (the UNet, the text encoder, the VAE
+  encoding the 64 pictures); AdamW 0.02 s, EMA and drawing the pictures a few ms. So under an
+  hour needs fewer steps or a smaller network, not faster bookkeeping. Sampling: 0.13 s an image
   (25 steps, guidance on). Weights: 14.9 MB of float16 safetensors (the text encoder's 49,408-word
   table is 6.3 MB of it). How well it draws its world: benchmarks/toy_model.py (README).
   The previous toy model (2,500 steps) drew shape, colour, pattern and place all right for 45% of
