@@ -47,6 +47,7 @@ def export_model(args) -> None:
     from pathlib import Path
 
     from . import export
+    from .identifier import IDENTIFIER_FILE, load_identifier
     from .models import load_model
 
     if not (args.single_file or args.kohya_lora):
@@ -59,6 +60,9 @@ def export_model(args) -> None:
         sd = load_model(args.base)
         # the pipeline shares sd's modules; "default" is the adapter name export looks for
         sd.pipeline().load_lora_weights(str(folder), adapter_name="default")
+        if load_identifier(sd, folder) and args.kohya_lora:  # (the single file has the word)
+            print(f"note: {args.kohya_lora} holds the adapters only, not the word learned for the "
+                  f"identifier ({folder / IDENTIFIER_FILE}); --single-file keeps both")
     else:
         if args.kohya_lora:
             raise DreamlabError(f"{folder} is a full fine-tune, not a LoRA: use --single-file")

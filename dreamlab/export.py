@@ -327,6 +327,14 @@ image = pipe("{instance_prompt}", num_inference_steps=25).images[0]
 
 LOAD = 'pipe = StableDiffusionPipeline.from_pretrained("{model}", torch_dtype=torch.float16).to("cuda")'
 LOAD_LORA = LOAD + '\npipe.load_lora_weights("{repo}")'  # the adapters go on top of the base model
+# ...and with train_identifier, the word learned for the identifier goes into the text encoder
+LOAD_WORD = """
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
+words = load_file(hf_hub_download("{repo}", "identifier_embeddings.safetensors"))
+table = pipe.text_encoder.get_input_embeddings().weight.data
+for token, vector in words.items():  # e.g. "sks</w>": the vector it learned
+    table[pipe.tokenizer.convert_tokens_to_ids(token)] = vector"""
 
 
 def is_hub_id(name: str) -> bool:
@@ -362,6 +370,7 @@ def write_model_card(folder, settings, images=None, base_model: str | None = Non
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lora = bool(getattr(settings, "lora", False))
+    word = bool(getattr(settings, "train_identifier", False))  # saved beside LoRA adapters
     base = base_model or settings.model
     prompt = prompt or settings.instance_prompt
     samples = []
@@ -383,7 +392,8 @@ def write_model_card(folder, settings, images=None, base_model: str | None = Non
         instance_prompt=settings.instance_prompt,
         how=" with LoRA adapters (load them on top of the base model)" if lora else "",
         samples="".join(f"![{prompt}]({s})\n" for s in samples) + ("\n" if samples else ""),
-        load=LOAD_LORA.format(model=base, repo=repo) if lora else LOAD.format(model=repo),
+        load=(LOAD_LORA.format(model=base, repo=repo) + (LOAD_WORD.format(repo=repo) if word else "")
+              if lora else LOAD.format(model=repo)),
         settings="\n".join(rows))
     path = folder / "README.md"
     ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}").save(path)

@@ -14,8 +14,10 @@ class prompt plus the identifier: "a photo of sks dog on a sofa" would train "on
 """
 
 import re
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from .errors import DreamlabError
 
@@ -53,3 +55,33 @@ def train_identifier_embedding(text_encoder, token_ids: list[int]) -> torch.nn.P
     keep[token_ids] = 1
     table.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
     return table
+
+
+# With LoRA the text encoder itself is not saved, only the adapters: the learned word goes
+# beside them, as {token: vector} ("sks</w>": its 768 numbers for SD 1.5).
+IDENTIFIER_FILE = "identifier_embeddings.safetensors"
+
+
+def save_identifier(sd, subjects, folder) -> Path:
+    """Write the identifier's learned vectors to `folder`/identifier_embeddings.safetensors."""
+    from .export import write_safetensors  # (here: export imports settings, which imports us)
+
+    table = sd.text_encoder.get_input_embeddings().weight
+    vectors = {sd.tokenizer.convert_ids_to_tokens(i): table[i].float()
+               for i in identifier_token_ids(sd.tokenizer, subjects)}
+    return write_safetensors(vectors, Path(folder) / IDENTIFIER_FILE)
+
+
+def load_identifier(model, folder) -> list[str]:
+    """Put the learned vectors saved in `folder` (if any) into `model`'s text encoder (a
+    pipeline or dreamlab's StableDiffusion); returns the tokens set. LoRA runs need it beside
+    `load_lora_weights`: the adapters alone do not carry the word."""
+    path = Path(folder) / IDENTIFIER_FILE
+    if not path.exists():
+        return []
+    table = model.text_encoder.get_input_embeddings().weight
+    vectors = load_file(path)
+    with torch.no_grad():
+        for token, vector in vectors.items():
+            table[model.tokenizer.convert_tokens_to_ids(token)] = vector.to(table.dtype)
+    return list(vectors)

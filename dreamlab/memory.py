@@ -198,6 +198,8 @@ def _estimate(options: tuple) -> tuple:
         add_lora(unet, "unet", o["lora_rank"])
         if o["train_text_encoder"]:
             add_lora(text_encoder, "text_encoder", o["lora_rank"])
+        elif o["train_identifier"]:  # the text encoder in float32, its word table with gradients
+            text_encoder.float().get_input_embeddings().weight.requires_grad_(True)
     else:  # trained weights stay in float32 (see train.py)
         unet.float().requires_grad_(True)
         if o["train_text_encoder"]:

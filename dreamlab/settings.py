@@ -141,8 +141,6 @@ class Settings:
             if self.train_text_encoder:
                 bad("train_identifier", "choose one: train_text_encoder=True already trains every word, "
                     "the identifier's included")
-            if self.lora:
-                bad("train_identifier", "works with a full fine-tune only (lora=False) for now")
             if not 0 < self.identifier_lr <= 0.1:
                 bad("identifier_lr", "must be above 0 and at most 0.1 (5e-3 is usual)")
             for subject in self.subjects():  # a clear message now if a prompt has no identifier

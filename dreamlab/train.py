@@ -26,7 +26,7 @@ from .cache import cache_dataset
 from .data import collate, generate_class_images, set_epoch, subjects_dataset
 from .errors import DreamlabError
 from .export import save_diffusers, save_lora, write_model_card
-from .identifier import identifier_token_ids, train_identifier_embedding
+from .identifier import identifier_token_ids, save_identifier, train_identifier_embedding
 from .lora import add_lora
 from .models import StableDiffusion, load_model
 from .optimizer import FusedStep, make_optimizer
@@ -134,7 +134,9 @@ def set_up_models(s: Settings, sd: StableDiffusion, device, frozen_dtype: torch.
     else:  # trained weights stay in float32 (the optimizer cannot update float16 weights:
         place(sd.unet.requires_grad_(True), device, torch.float32)  # "Attempting to unscale FP16 gradients")
     sd.text_encoder.requires_grad_(False)
-    place(sd.text_encoder, device, frozen_dtype if s.lora or not s.text_encoder_trains else torch.float32)
+    # float32 where weights of its own are trained: all of them, or the word table
+    trains_own = s.train_identifier or (s.train_text_encoder and not s.lora)
+    place(sd.text_encoder, device, torch.float32 if trains_own else frozen_dtype)
     if s.train_text_encoder:
         if s.lora:
             add_lora(sd.text_encoder, "text_encoder", s.lora_rank, s.lora_alpha)
@@ -392,6 +394,8 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
     out = None
     if save and accelerator.is_main_process:
         out = save_lora(sd, s.output_dir) if s.lora else save_diffusers(sd, s.output_dir)
+        if s.lora and s.train_identifier:  # the adapters do not hold the learned word
+            save_identifier(sd, s.subjects(), s.output_dir)
         # A README.md the Hub shows: base model, prompt, settings, the last samples
         first = samples[:s.num_validation_images] if samples else None  # the first prompt's pictures
         write_model_card(s.output_dir, s, images=first, prompt=(s.validation_prompts or [None])[0])

@@ -37,7 +37,7 @@ def test_engine_settings_from_the_command_line(tmp_path, offline_path, dreamboot
     out = tmp_path / "lora"
     done = run("dreamlab", "train", "--model", offline_path, "--instance-dir", str(dreambooth_photos / "dog"),
                "--no-prior-preservation", "--output-dir", str(out), *TRAIN_FLAGS, "--lora",
-               "--lora-rank", "2", "--checkpointing-steps", "2", "--validation-prompts",
+               "--lora-rank", "2", "--train-identifier", "--checkpointing-steps", "2", "--validation-prompts",
                "a photo of sks dog", "a photo of zwx cat", "--validation-steps", "3",
                "--more-subject", str(dreambooth_photos / "cat2"), "a photo of zwx cat",
                str(tmp_path / "cats"), "a photo of a cat")
@@ -48,10 +48,11 @@ def test_engine_settings_from_the_command_line(tmp_path, offline_path, dreamboot
                                                                              "step-000003.png"]
     done = run("dreamlab", "train", "--model", offline_path, "--instance-dir", str(dreambooth_photos / "dog"),
                "--no-prior-preservation", "--output-dir", str(out), *TRAIN_FLAGS, "--lora",
-               "--lora-rank", "2", "--resume-from", "latest", "--max-train-steps", "4")
+               "--lora-rank", "2", "--train-identifier", "--resume-from", "latest", "--max-train-steps", "4")
     assert done.returncode == 0 and "resumed from" in done.stdout, done.stderr[-3000:]
     card = (out / "README.md").read_text()
     assert "instance_prompt: a photo of sks dog" in card and "lora" in card
+    assert (out / "identifier_embeddings.safetensors").exists() and "identifier_embeddings" in card
 
     kohya = tmp_path / "kohya.safetensors"
     done = run("dreamlab", "export", "--model", str(out), "--kohya-lora", str(kohya))
@@ -60,6 +61,7 @@ def test_engine_settings_from_the_command_line(tmp_path, offline_path, dreamboot
                "--single-file", str(tmp_path / "merged.safetensors"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert kohya.exists() and (tmp_path / "merged.safetensors").exists()
+    assert "not the word learned for the identifier" in done.stdout  # the merged file has it
 
 
 def test_bad_input_gets_one_clear_line_not_a_traceback(tmp_path, offline_path):

@@ -36,6 +36,27 @@ def max_difference(a: dict, b: dict) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
+def test_lora_with_the_identifiers_word_saves_the_word_beside_the_adapters(tmp_path, offline_path,
+                                                                           dreambooth_photos):
+    from dreamlab.identifier import IDENTIFIER_FILE, load_identifier
+
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", lora=True, train_identifier=True,
+                 identifier_lr=1e-2)
+    result = train(s, sd=load_model(offline_path))
+    words = load_file(result.output_dir.parent / IDENTIFIER_FILE)
+    assert list(words) == ["sks</w>"]
+
+    pipe = load_model(offline_path).pipeline()
+    pipe.load_lora_weights(str(result.output_dir.parent))
+    prompt, seed = ["a photo of sks dog"], [0]
+    adapters_only = generate(pipe, prompt, seed, 64, 2)[0]
+    assert load_identifier(pipe, result.output_dir.parent) == ["sks</w>"]
+    loaded = generate(pipe, prompt, seed, 64, 2)[0]
+    trained = generate(result.sd.pipeline(), prompt, seed, 64, 2)[0]
+    diff = torch.tensor(list(loaded.tobytes())).float() - torch.tensor(list(trained.tobytes())).float()
+    assert diff.abs().max() <= 2 and loaded.tobytes() != adapters_only.tobytes()
+
+
 def test_lora_trains_only_adapters_and_loads_back_with_diffusers(tmp_path, offline_path, dreambooth_photos):
     s = settings(tmp_path, offline_path, dreambooth_photos / "dog", lora=True, lora_rank=4,
                  train_text_encoder=True)

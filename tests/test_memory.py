@@ -71,6 +71,7 @@ def test_the_savings_do_what_they_say(tiny):
     # the identifier's word: the word table has gradients, the rest of the text encoder none
     assert full["trained_params"] < tiny(train_identifier=True)["trained_params"] < \
         tiny(train_text_encoder=True)["trained_params"]
+    assert tiny(lora=True, train_identifier=True)["trained_params"] > lora["trained_params"]
     with pytest.raises(DreamlabError, match="unknown option"):
         tiny(batch_size=2)
 

@@ -153,7 +153,6 @@ def test_the_identifier_is_what_the_instance_prompt_adds():
 
 @pytest.mark.parametrize("overrides, words", [
     (dict(train_text_encoder=True), "choose one"),
-    (dict(lora=True), "full fine-tune only"),
     (dict(instance_prompt="a photo of a dog"), "has no word that class prompt"),
     (dict(identifier_lr=1.0), "at most 0.1"),
 ])
