@@ -36,7 +36,8 @@ parser.add_argument("--model", default=str(dreamlab.DATA / "toy-sd"))
 parser.add_argument("--steps", type=int, default=None, help="default: the lessons' toy setting")
 parser.add_argument("--lr", type=float, default=None)
 parser.add_argument("--class-images", type=int, default=None)
-parser.add_argument("--text-encoder", action=argparse.BooleanOptionalAction, default=None)
+parser.add_argument("--text-encoder", choices=("word", "whole", "frozen"), default=None,
+                    help='what of it learns: the word "sks" alone (the default), all of it, nothing')
 parser.add_argument("--guidance", type=float, default=None)
 parser.add_argument("--instance-dir", default=None, help="default: data/instance/striped-ball")
 parser.add_argument("--class-prompt", default=None, help='default: "a photo of a ball"')
@@ -57,9 +58,11 @@ torch.set_num_threads(args.threads)
 
 overrides = {k: v for k, v in dict(max_train_steps=args.steps, learning_rate=args.lr,
                                    num_class_images=args.class_images,
-                                   train_text_encoder=args.text_encoder,
                                    guidance_scale=args.guidance, instance_dir=args.instance_dir,
                                    class_prompt=args.class_prompt).items() if v is not None}
+if args.text_encoder:  # train_identifier and train_text_encoder exclude each other
+    overrides.update(train_identifier=args.text_encoder == "word",
+                     train_text_encoder=args.text_encoder == "whole")
 for item in args.set:  # FIELD=VALUE, the value read as a Python literal where it is one
     field, _, value = item.partition("=")
     try:

@@ -198,14 +198,12 @@ def _estimate(options: tuple) -> tuple:
         add_lora(unet, "unet", o["lora_rank"])
         if o["train_text_encoder"]:
             add_lora(text_encoder, "text_encoder", o["lora_rank"])
-        elif o["train_identifier"]:  # the text encoder in float32, its word table with gradients
-            text_encoder.float().get_input_embeddings().weight.requires_grad_(True)
     else:  # trained weights stay in float32 (see train.py)
         unet.float().requires_grad_(True)
         if o["train_text_encoder"]:
             text_encoder.float().requires_grad_(True)
-        elif o["train_identifier"]:  # all in float32; the word table (all 49,408 rows) has gradients
-            text_encoder.float().get_input_embeddings().weight.requires_grad_(True)
+    if o["train_identifier"]:  # the text encoder in float32; its word table (all 49,408 rows) has gradients
+        text_encoder.float().get_input_embeddings().weight.requires_grad_(True)
     counter, gpu = LiveBytes(), LikeAGPU(fused_attention=o["attention"] == "sdpa")
     if o["gradient_checkpointing"]:  # the recomputation, in backward, must also run like a GPU
         recompute_like_a_gpu = dict(use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), gpu))

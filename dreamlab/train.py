@@ -157,20 +157,16 @@ def set_up_models(s: Settings, sd: StableDiffusion, device, frozen_dtype: torch.
 
 def parameter_groups(s: Settings, trained: dict) -> list[dict]:
     """The UNet's weights at learning_rate, the text encoder's at text_encoder_lr (or, when
-    only the identifier learns, its word table at identifier_lr); one group per weight tensor
-    for the fused step (which steps one at a time)."""
-    lr_of = {"unet": s.learning_rate, "text_encoder": s.text_encoder_lr or s.learning_rate}
-    if s.train_identifier:
-        lr_of["text_encoder"] = s.identifier_lr
-
-    def group(part: str, params: list) -> dict:
-        if part == "text_encoder" and s.train_identifier:  # weight decay would shrink every word
-            return {"params": params, "lr": lr_of[part], "weight_decay": 0.0}
-        return {"params": params, "lr": lr_of[part]}
-
+    only the identifier learns, its word table at identifier_lr, without weight decay, which
+    would shrink every other word too); one group per weight tensor for the fused step (which
+    steps one at a time)."""
+    options = {"unet": {"lr": s.learning_rate},
+               "text_encoder": {"lr": s.identifier_lr, "weight_decay": 0.0} if s.train_identifier
+               else {"lr": s.text_encoder_lr or s.learning_rate}}
     if s.fused_optimizer_step:
-        return [group(name.split(".")[0], [p]) for name, p in trained.items()]
-    groups = [group(part, [p for n, p in trained.items() if n.startswith(part + ".")]) for part in lr_of]
+        return [{"params": [p], **options[name.split(".")[0]]} for name, p in trained.items()]
+    groups = [{"params": [p for n, p in trained.items() if n.startswith(part + ".")], **part_options}
+              for part, part_options in options.items()]
     return [g for g in groups if g["params"]]
 
 
