@@ -100,7 +100,7 @@ def keep_freed_memory() -> None:
 
     Every step allocates and frees the same large tensors (activations, gradients). By default
     glibc hands blocks of a few MB back to the kernel when they are freed and takes fresh pages
-    the next step, which the kernel must zero: three times as many page faults, and about a tenth
+    the next step, which the kernel must zero: about four times as many page faults, and about 8%
     of each step on this machine. What is computed does not change, only where it is kept.
     Elsewhere than glibc this does nothing."""
     try:
