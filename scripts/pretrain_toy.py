@@ -40,8 +40,9 @@ How data/toy-sd was made: `python scripts/pretrain_toy.py` (these defaults, seed
   pictures 0.015 s. torch.compile made the step slower (0.73 s) after 2.5 min of compiling.
   keep_freed_memory() (added after data/toy-sd was made; the weights come out bit-identical) made
   the page faults about four times fewer and a stage-2 step about 8% faster (150 steps, alternating
-  runs: 0.83 and 0.76 s without, 0.78 and 0.68 s with): an estimated 63 min for the whole recipe
-  (not run in full).
+  runs: 0.83 and 0.76 s without, 0.78 and 0.68 s with). A later run of the whole recipe with it,
+  stopped at UNet step 2,501, logged the very losses data/toy-sd's run did, but ran stage 2 at
+  0.705 s/step: about 67 min projected, the gain lost in this machine's drift from hour to hour.
   Beware timing on this machine: the same step measured 0.64 s one hour and 0.84 s two hours later.
   Fewer steps are not the way under an hour: 4,200 UNet steps (63 min in a slow hour) drew random
   captions as well (all four attributes right 69%), but the subject's neighbours worse ("a red
