@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,18 @@ def dreambooth_photos() -> Path:
         pytest.fail(f"the DreamBooth photos are not at {DREAMBOOTH}; "
                     "set DREAMLAB_DREAMBOOTH_DATA to the dataset folder")
     return DREAMBOOTH
+
+
+@pytest.fixture(scope="session")
+def run_script():
+    """Runs one of the repository's scripts (a path from its root) in a fresh Python and returns
+    its stdout; a failure shows the end of the script's stderr."""
+    def run(path: str, *args) -> str:
+        done = subprocess.run([sys.executable, str(ROOT / path), *map(str, args)],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{path} failed:\n{done.stderr[-3000:]}"
+        return done.stdout
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -113,18 +113,12 @@ def test_math_attention_keeps_the_probabilities():
     assert math["activations"] - fused["activations"] > probs["total"] - 0.5
 
 
-def test_the_train_step_benchmark_prints_its_figures(tmp_path):
+def test_the_train_step_benchmark_prints_its_figures(run_script):
     """benchmarks/train_step.py end to end, tiny: one JSON line with the figures it promises."""
     import json
-    import subprocess
-    import sys
 
-    from dreamlab.settings import ROOT
-
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--resolution", "64",
-                           "--steps", "2", "--lora"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    row = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_script("benchmarks/train_step.py", "--resolution", "64", "--steps", "2", "--lora")
+    row = json.loads(out.strip().splitlines()[-1])
     assert row["median_step_s"] > 0 and row["peak_rss_mib"] > 100 and row["timed_steps"] == 2
     assert row["lora"] and row["cache"] and row["prior"]
 

@@ -56,30 +56,24 @@ def test_prior_preservation_reduces_language_drift(runs):
     assert with_prior <= without / 2, (with_prior, without)
 
 
-def run_benchmark(name: str, *args: str) -> list[dict]:
-    """Run benchmarks/<name> with tiny settings; its JSON lines."""
+def json_lines(stdout: str) -> list[dict]:
     import json
-    import subprocess
-    import sys
 
-    from dreamlab.settings import ROOT
-
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--threads", "1", *args],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def test_the_toy_model_benchmark_prints_its_figures():
-    (row,) = run_benchmark("toy_model.py", "--captions", "4", "--images", "2")
+def test_the_toy_model_benchmark_prints_its_figures(run_script):
+    (row,) = json_lines(run_script("benchmarks/toy_model.py", "--threads", "1", "--captions", "4",
+                                   "--images", "2"))
     for key in ("shape", "colour", "pattern", "context", "all four", "a photo of a red dotted ball on snow"):
         assert 0.0 <= row[key] <= 1.0, (key, row)
     assert row["all four"] <= min(row[k] for k in ("shape", "colour", "pattern", "context"))
 
 
-def test_the_toy_dreambooth_benchmark_averages_its_seeds(tmp_path):
-    rows = run_benchmark("toy_dreambooth.py", "--steps", "2", "--images", "2", "--class-images", "2",
-                         "--seeds", "0", "1", "--prior", "on", "--no-base", "--class-dir", str(tmp_path))
+def test_the_toy_dreambooth_benchmark_averages_its_seeds(run_script, tmp_path):
+    rows = json_lines(run_script("benchmarks/toy_dreambooth.py", "--threads", "1", "--steps", "2",
+                                 "--images", "2", "--class-images", "2", "--seeds", "0", "1",
+                                 "--prior", "on", "--no-base", "--class-dir", tmp_path))
     runs, (mean,), settings = rows[:2], rows[2:3], rows[3]
     assert [r["model"] for r in runs] == [f"dreambooth, prior preservation on, seed {s}" for s in (0, 1)]
     assert mean["model"] == "mean of 2 seeds, prior preservation on"
