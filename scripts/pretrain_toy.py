@@ -215,7 +215,7 @@ trained = list(unet.parameters()) + list(text_encoder.parameters())
 ema = [p.detach().clone() for p in trained] if args.ema else []
 token_ids = {}  # caption -> its 77 ids (the world has a few thousand captions)
 if args.pictures:
-    # Drawing and encoding 64 pictures costs as much as a third of a training step, so stage 2
+    # Drawing and encoding 64 pictures costs about a fifth of a training step, so stage 2
     # draws and encodes its pictures once and reuses each a few times (5,000 x 64 / 50,000: 6.4),
     # as SD itself trains on a fixed set of pictures. Each use draws its own noise, timestep,
     # caption and latent: the bank keeps the encoder's mean and std, not one sample of them.
