@@ -45,7 +45,7 @@ for gpu in (14.75, 8, 24, 4):
         try:
             options, need = memory.plan(gpu, train_text_encoder=te, **base)
             print(f"{gpu:6.2f} GiB  text encoder {'trained' if te else 'frozen '}: {need['total']:5.2f} GiB "
-                  f"with {changed(options) or 'the defaults (full fine-tune, float32)'}")
+                  f"with {changed(options)}")
         except DreamlabError as e:
             print(f"{gpu:6.2f} GiB: {e}")
 
@@ -57,7 +57,7 @@ print(f"attention probabilities of one UNet forward (batch 2): {probs['count']} 
 print("estimates with the math path (attention=\"math\") and with the fused kernels (the default), GiB:")
 print(f"{'settings':40} {'total: math':>11} {'SDPA':>6} {'over':>6}   {'activations: math':>17} "
       f"{'math - probs':>12} {'SDPA':>6}")
-for label, options in [memory.LADDER[0], memory.LADDER[1], memory.LADDER[3], memory.LADDER[5]]:
+for label, options in [memory.LADDER[i] for i in (0, 1, 3, 5)]:  # fp16; +checkpointing; +8-bit; LoRA
     math = memory.estimate(**base, **options, attention="math")
     fused = memory.estimate(**base, **options)
     # with checkpointing, the math path keeps one block's probabilities at a time, not all of them
@@ -71,7 +71,7 @@ if args.model == memory.SD15 and args.resolution == 512:
     n = full["trained_params"]
     print(f"UNet weights+grads+AdamW in float32: 16 B x {n / 1e6:.1f}M = {16 * n / 2**30:.2f} GiB "
           f"({16 * n / 1e9:.2f} GB); the planner's peak for the full fp32 fine-tune: {full['total']:.2f} GiB "
-          f"(at the {full['peak_at']}: AdamW's foreach step adds a weight-sized temporary)")
+          f"(at the {full['peak_at']}: activations and gradients at once)")
     recipe = memory.estimate(**base, train_text_encoder=True, mixed_precision="fp16",
                              gradient_checkpointing=True, use_8bit_adam=True, cache_latents=True)
     print(f"Colab recipe (UNet+text encoder, fp16, checkpointing, 8-bit Adam, cached latents): "

@@ -6,7 +6,7 @@ prior preservation stop language drift?
     python benchmarks/toy_dreambooth.py --seeds 0 1 2 --no-base   # three training seeds, and their mean
     python benchmarks/toy_dreambooth.py --no-base --prior on --images 16 --class-dir build/cls  # screening
 
-Trains the toy model (data/toy-sd) on the striped ball's photos twice, with and without prior
+Trains the toy model (dreamlab/assets/toy-sd) on the striped ball's photos twice, with and without prior
 preservation, and prints one JSON line per model with the judge's numbers:
   subject_fidelity  "a photo of sks ball {on snow, in the night sky}": contexts never shown
   prompt_fidelity   the same pictures, set in the context the prompt asks for
@@ -32,14 +32,14 @@ SEEN_CONTEXT = "a photo of sks ball on grass"
 CLASS_PROMPT = "a photo of a ball"
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--model", default=str(dreamlab.DATA / "toy-sd"))
+parser.add_argument("--model", default=str(dreamlab.ASSETS / "toy-sd"))
 parser.add_argument("--steps", type=int, default=None, help="default: the lessons' toy setting")
 parser.add_argument("--lr", type=float, default=None)
 parser.add_argument("--class-images", type=int, default=None)
 parser.add_argument("--text-encoder", choices=("word", "whole", "frozen"), default=None,
                     help='what of it learns: the word "sks" alone (the default), all of it, nothing')
 parser.add_argument("--guidance", type=float, default=None)
-parser.add_argument("--instance-dir", default=None, help="default: data/instance/striped-ball")
+parser.add_argument("--instance-dir", default=None, help="default: dreamlab/assets/instance/striped-ball")
 parser.add_argument("--class-prompt", default=None, help='default: "a photo of a ball"')
 parser.add_argument("--class-dir", default=None,
                     help="keep the class images here, to reuse them (default: a temporary folder)")

@@ -1,6 +1,6 @@
 """How well the toy model draws its own world, as the judge sees it.
 
-    python benchmarks/toy_model.py                       # data/toy-sd
+    python benchmarks/toy_model.py                       # dreamlab/assets/toy-sd
     python benchmarks/toy_model.py --model build/toy-sd --guidance 4
 
 DreamBooth can only put the subject where the model can already draw things: a toy model that
@@ -27,7 +27,7 @@ NEIGHBOURS = [toyworld.Scene("box", "red", "snow", "striped"),
               toyworld.Scene("ball", "red", "snow", "dotted"), toyworld.Scene("ball", "red", "night sky")]
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--model", default=str(dreamlab.DATA / "toy-sd"))
+parser.add_argument("--model", default=str(dreamlab.ASSETS / "toy-sd"))
 parser.add_argument("--captions", type=int, default=128, help="random captions, one picture each")
 parser.add_argument("--images", type=int, default=32, help="pictures per neighbouring caption")
 parser.add_argument("--guidance", type=float, default=7.5)

@@ -45,8 +45,7 @@ parser.add_argument("--text-encoder", action="store_true", help="train the text 
 parser.add_argument("--gradient-checkpointing", action="store_true")
 parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"],
                     help="bf16: autocast on the CPU too (fast where the CPU has AVX512-BF16 or AMX)")
-ROOT = Path(__file__).resolve().parent.parent
-parser.add_argument("--photos", default=str(ROOT / "data" / "instance" / "dog"))
+parser.add_argument("--photos", default=None, help="default: the course's dog photos")
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 
@@ -79,7 +78,8 @@ with tempfile.TemporaryDirectory() as tmp:
     if model == "small":
         model = str(build_random_model(Path(tmp) / "small-sd", size="small"))
     s = dreamlab.Settings(
-        model=model, instance_dir=args.photos, output_dir=f"{tmp}/out", class_dir=f"{tmp}/class",
+        model=model, instance_dir=args.photos or str(dreamlab.ASSETS / "instance" / "dog"),
+        output_dir=f"{tmp}/out", class_dir=f"{tmp}/class",
         device="cpu", resolution=args.resolution, max_train_steps=args.steps + WARMUP,
         learning_rate=1e-4 if args.lora else 5e-6, lora=args.lora, prior_preservation=args.prior,
         num_class_images=4, sample_batch_size=4, num_inference_steps=2, center_crop=True,

@@ -29,15 +29,19 @@ ADAPTER = "default"  # the adapter name peft gives when none is given (as the tr
 # Writing files safely
 
 
-def save_diffusers(sd: StableDiffusion, folder) -> Path:
-    """Save the whole pipeline in diffusers layout (safetensors), atomically: the new folder
-    is written beside the old one and swapped in only when complete."""
+def save_diffusers(sd: StableDiffusion, folder, in_place: bool = False) -> Path:
+    """Save the whole pipeline in diffusers layout (safetensors), in the modules' precision,
+    atomically: the new folder is written beside the old one and swapped in only when complete.
+    `in_place` deletes the old folder first, for when the disk has no room for both (Google Drive)
+    and the caller can redo the save if it fails (train() does, from its last checkpoint)."""
     if has_lora(sd.unet) or has_lora(sd.text_encoder):  # they would be saved as unloadable extra weights
         raise DreamlabError("this model has LoRA adapters: save them with save_lora() (a few MB, loaded "
                             "onto the base model), or merged into a whole model with save_single_file()")
     out = Path(folder)
     tmp, old = out.with_name(out.name + ".saving"), out.with_name(out.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
+    if in_place:
+        shutil.rmtree(out, ignore_errors=True)
     sd.pipeline().save_pretrained(tmp, safe_serialization=True)
     if out.exists():
         out.rename(old)
@@ -306,7 +310,7 @@ def save_single_file(sd: StableDiffusion, path, half: bool = True) -> Path:
 CARD_TEXT = """# {title}
 
 DreamBooth fine-tune of [{base}]({base_link}) on photos of one subject, bound to the prompt
-**`{instance_prompt}`**{how}. Made with dreamlab.
+**`{instance_prompt}`**{how}. Made with dreamlab.{progress}
 
 {samples}## Use it with diffusers
 
@@ -360,11 +364,13 @@ def table_cell(value) -> str:
 
 
 def write_model_card(folder, settings, images=None, base_model: str | None = None,
-                     prompt: str | None = None, repo_id: str | None = None) -> Path:
+                     prompt: str | None = None, repo_id: str | None = None,
+                     steps: tuple[int, int] | None = None) -> Path:
     """Write folder/README.md: YAML metadata the Hub reads (license, base model, tags), how to
     load the model, the training settings, and the sample `images` (saved as samples/N.png),
     made with `prompt` (default: the instance prompt). `base_model` defaults to settings.model;
-    `repo_id` is the name the loading example uses. Returns the README's path."""
+    `repo_id` is the name the loading example uses; `steps`, (trained, planned), says how far
+    training got. Returns the README's path."""
     from huggingface_hub import ModelCard, ModelCardData
 
     folder = Path(folder)
@@ -389,7 +395,7 @@ def write_model_card(folder, settings, images=None, base_model: str | None = Non
     text = CARD_TEXT.format(
         title=f"DreamBooth{' LoRA' if lora else ''}: {settings.instance_prompt}",
         base=base, base_link=f"https://huggingface.co/{base}" if is_hub_id(base) else base,
-        instance_prompt=settings.instance_prompt,
+        instance_prompt=settings.instance_prompt, progress=progress(steps),
         how=" with LoRA adapters (load them on top of the base model)" if lora else "",
         samples="".join(f"![{prompt}]({s})\n" for s in samples) + ("\n" if samples else ""),
         load=(LOAD_LORA.format(model=base, repo=repo) + (LOAD_WORD.format(repo=repo) if word else "")
@@ -398,6 +404,16 @@ def write_model_card(folder, settings, images=None, base_model: str | None = Non
     path = folder / "README.md"
     ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}").save(path)
     return path
+
+
+def progress(steps: tuple[int, int] | None) -> str:
+    if steps is None:
+        return ""
+    done, planned = steps
+    if done < planned:
+        return (f"\n\n**Unfinished:** trained for {done} of its {planned} steps (the run was stopped "
+                "early; resuming it finishes the training).")
+    return f" Trained for {done} steps."
 
 
 def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = False) -> str:

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import toyworld
 from .data import to_tensor
-from .settings import DATA
+from .settings import ASSETS
 
 # What the judge answers: one head per question; "is_subject" is a yes/no head.
 HEADS = {"shape": toyworld.SHAPES, "colour": tuple(toyworld.COLOURS),
@@ -80,7 +80,7 @@ class Judge(nn.Module):
         return answers
 
 
-def load_judge(folder: str | Path = DATA / "judge") -> Judge:
+def load_judge(folder: str | Path = ASSETS / "judge") -> Judge:
     """The judge shipped with the course (config.json + model.safetensors; no pickle)."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())

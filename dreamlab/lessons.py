@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .settings import ROOT
-
+# The lessons live in the course's checkout, beside the package (they are not installed with it)
+ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
 

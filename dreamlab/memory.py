@@ -33,13 +33,14 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map_only
-from torch.utils.checkpoint import checkpoint
 from torch.utils.weak import WeakIdKeyDictionary
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .errors import DreamlabError
-from .lora import add_lora
+from .models import StableDiffusion
+from .offline import TOKENIZER
 from .settings import SD15, Settings
+from .trainable import frozen_dtype, make_trainable
 
 GiB = 2**30
 # stable-diffusion-v1-5's unet/, vae/ and text_encoder/config.json, less their bookkeeping (class, versions)
@@ -81,13 +82,16 @@ def model_configs(model: str = SD15) -> dict:
     return {part: json.loads((folder / part / "config.json").read_text()) for part in SD15_CONFIGS}
 
 
-def meta_model(model: str = SD15) -> dict[str, torch.nn.Module]:
-    """UNet, VAE and text encoder on the meta device: the real architecture, no weights."""
+def meta_model(model: str = SD15) -> StableDiffusion:
+    """UNet, VAE and text encoder on the meta device: the real architecture, no weights (and SD's
+    tokenizer, which the identifier's word needs; no noise scheduler)."""
     configs = model_configs(model)
     with torch.device("meta"):
-        return {"unet": UNet2DConditionModel.from_config(configs["unet"]),
-                "vae": AutoencoderKL.from_config(configs["vae"]),
-                "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"]))}
+        return StableDiffusion(tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER),
+                               unet=UNet2DConditionModel.from_config(configs["unet"]),
+                               vae=AutoencoderKL.from_config(configs["vae"]),
+                               text_encoder=CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"])),
+                               noise_scheduler=None)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -185,87 +189,75 @@ def estimate(**options) -> dict:
 
 @functools.lru_cache(maxsize=512)  # the table and plan() ask for the same settings again
 def _estimate(options: tuple) -> tuple:
-    o = dict(options)
-    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(o["mixed_precision"])
-    parts = meta_model(o["model"])
-    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
-    # train_te: the text encoder runs with gradients (all of it learns, or the identifier's word)
-    train_te = o["train_text_encoder"] or o["train_identifier"]
-    for module in parts.values():  # frozen parts run in half precision under fp16/bf16
-        # (nn.Module's .to: diffusers' own warns about casting, which matters for loaded weights only)
-        torch.nn.Module.to(module.requires_grad_(False), half or torch.float32)
-    if o["lora"]:  # the frozen model plus small float32 adapters
-        add_lora(unet, "unet", o["lora_rank"])
-        if o["train_text_encoder"]:
-            add_lora(text_encoder, "text_encoder", o["lora_rank"])
-    else:  # trained weights stay in float32 (see train.py)
-        unet.float().requires_grad_(True)
-        if o["train_text_encoder"]:
-            text_encoder.float().requires_grad_(True)
-    if o["train_identifier"]:  # the text encoder in float32; its word table (all 49,408 rows) has gradients
-        text_encoder.float().get_input_embeddings().weight.requires_grad_(True)
-    counter, gpu = LiveBytes(), LikeAGPU(fused_attention=o["attention"] == "sdpa")
-    if o["gradient_checkpointing"]:  # the recomputation, in backward, must also run like a GPU
-        recompute_like_a_gpu = dict(use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), gpu))
-        unet.enable_gradient_checkpointing(functools.partial(checkpoint, **recompute_like_a_gpu))
-        if train_te:  # (transformers 5 renamed the method)
-            enable = getattr(text_encoder, "activation_checkpointing_enable", None)
-            (enable or text_encoder.gradient_checkpointing_enable)(recompute_like_a_gpu)
-    unet.train(), text_encoder.train(train_te)
+    s = Settings(**dict(options))  # estimate()'s options are named as Settings' fields
+    sd = meta_model(s.model)
+    counter, gpu = LiveBytes(), LikeAGPU(fused_attention=s.attention == "sdpa")
+    # The same set-up as train(), on the meta device; the recomputation of gradient checkpointing,
+    # in the backward pass, must also run like a GPU
+    trained = list(make_trainable(s, sd, "meta", checkpoint_options=dict(
+        use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), gpu))).values())
     # Cached latents (and text embeddings, when the text encoder is frozen): those models leave the GPU
-    on_gpu = [unet] + ([] if o["cache_latents"] else [vae]) + (
-        [text_encoder] if train_te or not o["cache_latents"] else [])
+    on_gpu = [sd.unet] + ([] if s.cache_latents else [sd.vae]) + (
+        [sd.text_encoder] if s.text_encoder_trains or not s.cache_latents else [])
     tensors = [t for m in on_gpu for t in [*m.parameters(), *m.buffers()]]
-    trained = [p for p in tensors if p.requires_grad]
     n_trained = sum(p.numel() for p in trained)
     weights = sum(t.nbytes for t in tensors)
     # The fused step (optimizer.FusedStep) updates each weight and frees its gradient as soon as
-    # it is made: no full set of gradients, no whole-model optimizer temporaries.
-    fused = o["fused_optimizer_step"]
-    gradients = 0 if fused else 4 * n_trained
-    optimizer = (2 if o["use_8bit_adam"] else 8) * n_trained
-    # PyTorch's AdamW (foreach, the GPU default) makes one temporary the size of the weights in step()
-    step_temporary = 0 if o["use_8bit_adam"] or fused else 4 * n_trained
+    # it is made: no full set of gradients. The optimizer train() builds (fused AdamW, or 8-bit)
+    # updates in place: no weights-sized temporary in step().
+    gradients = 0 if s.fused_optimizer_step else 4 * n_trained
+    optimizer = (2 if s.use_8bit_adam else 8) * n_trained
 
     counter.know(tensors)
     for p in trained:  # so that the counter can tell gradients from activations
         p.register_post_accumulate_grad_hook(
-            (lambda p: setattr(p, "grad", None)) if fused else counter.count_gradient)
-    batch = o["train_batch_size"] * (2 if o["prior_preservation"] else 1)  # + as many class images
-    size, latent = o["resolution"], o["resolution"] // 2 ** (len(vae.config.block_out_channels) - 1)
+            (lambda p: setattr(p, "grad", None)) if s.fused_optimizer_step else counter.count_gradient)
+    batch = s.train_batch_size * (2 if s.prior_preservation else 1)  # + as many class images
+    half = frozen_dtype(s.mixed_precision)
+    latent = s.resolution // 2 ** (len(sd.vae.config.block_out_channels) - 1)
     with counter, gpu, torch.device("meta"):  # one training step, as training_step() does it
-        if o["cache_latents"]:
-            latents = torch.empty(batch, unet.config.in_channels, latent, latent)
+        if s.cache_latents:
+            latents = torch.empty(batch, sd.unet.config.in_channels, latent, latent)
         else:
             with torch.no_grad():
-                latents = vae.encode(torch.empty(batch, 3, size, size, dtype=vae.dtype)).latent_dist.sample()
+                pixels = torch.empty(batch, 3, s.resolution, s.resolution, dtype=sd.vae.dtype)
+                latents = sd.vae.encode(pixels).latent_dist.sample()
         latents = latents.float()
         noise = torch.randn_like(latents)
         noisy_latents = latents + noise  # add_noise: a weighted sum, same shape and memory
         timesteps = torch.randint(0, 1000, (batch,))
-        gpu.autocast = half if train_te else None  # accelerate runs the trained models under autocast
-        if text_encoder in on_gpu:
-            with torch.set_grad_enabled(train_te):
-                text = text_encoder(torch.zeros(batch, 77, dtype=torch.long))[0]
+        # accelerate runs the trained models under autocast
+        gpu.autocast = half if s.text_encoder_trains and half != torch.float32 else None
+        if sd.text_encoder in on_gpu:
+            with torch.set_grad_enabled(s.text_encoder_trains):
+                text = sd.text_encoder(torch.zeros(batch, 77, dtype=torch.long))[0]
         else:
-            text = torch.empty(batch, 77, text_encoder.config.hidden_size, dtype=half or torch.float32)
-        gpu.autocast = half
-        prediction = unet(noisy_latents, timesteps, text.to(unet.dtype)).sample
+            text = torch.empty(batch, 77, sd.text_encoder.config.hidden_size, dtype=half)
+        gpu.autocast = half if half != torch.float32 else None
+        prediction = sd.unet(noisy_latents, timesteps, text.to(sd.unet.dtype)).sample
         loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
-    total = weights + optimizer + max(counter.peak, gradients + step_temporary)
+    total = weights + optimizer + max(counter.peak, gradients)
     result = dict(weights=weights, gradients=gradients, optimizer=optimizer,
                   activations=counter.activations, total=total)
     return tuple({k: v / GiB for k, v in result.items()}.items()) + (
         ("trained_params", n_trained), ("batch", batch),
-        ("peak_at", "backward" if counter.peak >= gradients + step_temporary else "optimizer step"))
+        ("peak_at", "backward" if counter.peak >= gradients else "optimizer step"))
+
+
+def step_by_hand(**options) -> float:
+    """Peak GiB of lesson 3's step by hand: float32, no savers, and AdamW updating one weight tensor
+    at a time, each gradient freed once used. The peak is either the backward pass's (weights,
+    activations, gradients) or the end of the update (weights and all of Adam's state)."""
+    need = estimate(**{**options, "mixed_precision": "no"})
+    return max(need["total"] - need["optimizer"], need["weights"] + need["optimizer"])
 
 
 def attention_probabilities(model: str = SD15, resolution: int = 512, batch: int = 2) -> dict:
     """The attention probabilities (batch x heads x tokens x tokens) of one UNet forward pass:
     the math attention path keeps them all for the backward pass, in float32; flash and
     memory-efficient attention keep none. Returns their GiB in total and of the largest one."""
-    unet, gpu = meta_model(model)["unet"], LikeAGPU()
+    unet, gpu = meta_model(model).unet, LikeAGPU()
     latent = resolution // 8
     with gpu, torch.device("meta"), torch.no_grad():
         unet(torch.empty(batch, unet.config.in_channels, latent, latent), torch.zeros(batch),
@@ -274,12 +266,49 @@ def attention_probabilities(model: str = SD15, resolution: int = 512, batch: int
                 count=len(gpu.attention_sizes))
 
 
+def estimate_sampling(model: str = SD15, resolution: int = 512, batch: int = 4, guidance: bool = True,
+                      dtype: str = "fp16") -> dict:
+    """Peak GPU memory of drawing `batch` pictures at once with a pipeline whose UNet, VAE and text
+    encoder are all in `dtype` ("fp16", "bf16" or "no": float32), in GiB, as estimate() counts it.
+
+    Returns weights (the three models), denoising (what one denoising step holds beside them: the
+    UNet at batch 2 x `batch` with classifier-free guidance, `batch` without, its input and the
+    prompts' embeddings included), decoding (the VAE turning the `batch` latents into pictures, as
+    the pipeline does, all at once) and total: weights plus the larger of the two. Attention runs
+    fused (no tokens x tokens matrices), as diffusers does on a GPU. Not counted: the CUDA context,
+    fragmentation, and the scheduler's few latent-sized tensors (a fraction of a MB at 512 px).
+    """
+    sd = meta_model(model)
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}[dtype]
+    modules = (sd.unet, sd.vae, sd.text_encoder)
+    for module in modules:  # (nn.Module's own .to: diffusers' warns on every cast)
+        torch.nn.Module.to(module, dtype=half)
+    tensors = [t for m in modules for t in [*m.parameters(), *m.buffers()]]
+    counter, rows = LiveBytes(), batch * (2 if guidance else 1)  # the prompt's rows, then the empty prompt's
+    counter.know(tensors)
+    latent = resolution // 2 ** (len(sd.vae.config.block_out_channels) - 1)
+    with counter, LikeAGPU(fused_attention=True), torch.device("meta"), torch.no_grad():
+        text = sd.text_encoder(torch.zeros(rows, 77, dtype=torch.long))[0]
+        latents = torch.empty(batch, sd.unet.config.in_channels, latent, latent, dtype=half)
+        counter.peak = counter.live
+        sd.unet(torch.cat([latents] * (rows // batch)), torch.zeros(rows), text)  # one denoising step
+        denoising = counter.peak
+        counter.peak = counter.live
+        sd.vae.decode(latents)
+        decoding = counter.peak
+    weights = sum(t.nbytes for t in tensors)
+    return {k: v / GiB for k, v in dict(weights=weights, denoising=denoising, decoding=decoding,
+                                         total=weights + max(denoising, decoding)).items()}
+
+
 # plan()'s ladder: from the best result (and fastest step) down to the least memory; each rung
-# gives up a little more than the one before.
+# gives up a little more than the one before. It starts at fp16 mixed precision, which gives up
+# nothing (float32 master weights: the updates stay exact) and is several times faster on a GPU's
+# tensor cores; plain float32 is in table() for comparison only.
 FP16 = dict(mixed_precision="fp16")
+FLOAT32 = ("full fine-tune, float32", dict(mixed_precision="no"))
 LADDER = [
-    ("full fine-tune, float32", dict(mixed_precision="no")),
-    ("full, fp16 mixed precision", FP16),  # float32 master weights: updates stay exact; faster on a GPU
+    ("full, fp16 mixed precision", FP16),
     ("full, fp16, grad. checkpointing",  # the same result, ~25 % slower: recomputes activations
      {**FP16, "gradient_checkpointing": True}),
     ("full, fp16, ckpt, fused step",  # the same result; no gradient accumulation
@@ -328,8 +357,10 @@ def plan(gpu_gib: float | None = None, margin: float = 0.05, **fixed) -> tuple[d
 
 
 def table(**fixed) -> list[dict]:
-    """The estimate of every rung of the ladder (SD 1.5, 512 px, prior preservation by default)."""
-    return [{"settings": label, **estimate(**options)} for label, options in rungs(**fixed)]
+    """Plain float32, then every rung of the ladder (SD 1.5, 512 px, prior preservation by default)."""
+    label, float32 = FLOAT32
+    rows = [(label, {**SAVINGS, **float32, **fixed})] + list(rungs(**fixed))
+    return [{"settings": label, **estimate(**options)} for label, options in rows]
 
 
 def format_table(rows: list[dict]) -> str:

@@ -1,6 +1,6 @@
 """Small Stable Diffusions that need no download: same classes and layout, far fewer weights.
 
-- offline_model(): the toy SD shipped in data/toy-sd, pretrained on the toy world
+- offline_model(): the toy SD shipped in dreamlab/assets/toy-sd, pretrained on the toy world
   (dreamlab/toyworld.py, scripts/pretrain_toy.py). The lessons' offline default: it draws
   balls, boxes, stars and rings from captions, and DreamBooth visibly works on it.
 - random_model(): built here in seconds with random weights (SD v1's tokenizer and noise
@@ -8,6 +8,7 @@
   draws noise, but runs every line of code fast: the tests use it.
 """
 
+import os
 import shutil
 from pathlib import Path
 
@@ -15,11 +16,14 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .settings import DATA
+from .settings import ASSETS
 
-TOKENIZER = DATA / "sd-v1-tokenizer"
-TOY_MODEL = DATA / "toy-sd"  # shipped
-RANDOM_MODEL = DATA / "random-sd"  # built on first use; not in git
+TOKENIZER = ASSETS / "sd-v1-tokenizer"
+TOY_MODEL = ASSETS / "toy-sd"  # shipped
+# Built on first use, in the user's cache (never inside the installed package); the number
+# changes when the recipe below does, so that an older build is not picked up.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dreamlab"
+RANDOM_MODEL = CACHE / "random-sd-1"
 
 # SD v1's noise schedule, exactly as in its scheduler/scheduler_config.json
 SD_V1_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
@@ -32,27 +36,45 @@ def build_random_model(out: Path = RANDOM_MODEL, seed: int = 0, size: str = "tin
 
     size "tiny": the tests' model (seconds to build, milliseconds a step). size "small": SD's
     topology at a fraction of its width (UNet channels 64/128/256/256, two layers per block,
-    cross-attention in the first three blocks, as SD's), for benchmarks."""
+    cross-attention in the first three blocks, as SD's), for benchmarks. size "micro": SD 1.5's
+    sizes (512 px pictures, 64x64 latents) at the fewest weights, so that the lessons' Colab
+    settings run on a CPU (tests/colab_rehearsal.py): 2 to 8 channels, cross-attention only in
+    the UNet's middle block (at 8x8), none in the VAE. On one CPU thread a 512 px picture (25
+    steps, guidance, in batches of 4) costs about 0.25 s, a training step on a photo and a class
+    image about 0.12 s."""
+    if size not in ("tiny", "small", "micro"):
+        raise ValueError(f"size {size!r}: choose tiny, small or micro")
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
-    small = size == "small"
+    small, micro = size == "small", size == "micro"
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), max_position_embeddings=77, hidden_size=128 if small else 32,
         intermediate_size=512 if small else 64, num_hidden_layers=4 if small else 2,
         num_attention_heads=4, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
         hidden_act="quick_gelu"))  # SD v1's text encoder is CLIP ViT-L/14's: quick_gelu
-    vae = AutoencoderKL(  # four blocks, three downsamplings: 8x smaller, as in SD
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8 if not small else 32,
-        block_out_channels=(32, 64, 128, 128) if small else (8, 16, 32, 32),
-        layers_per_block=2 if small else 1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        scaling_factor=0.18215, sample_size=64)
+    # Four blocks, three downsamplings: 8x smaller, in 4 channels, as in SD
+    vae_layout = dict(in_channels=3, out_channels=3, latent_channels=4, scaling_factor=0.18215,
+                      down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    if micro:  # at 512 px the cost is in passes over full-size images: 4 channels, no attention
+        vae = AutoencoderKL(**vae_layout, block_out_channels=(2, 2, 4, 4), norm_num_groups=2,
+                            layers_per_block=1, mid_block_add_attention=False, sample_size=512)
+    else:
+        vae = AutoencoderKL(**vae_layout, norm_num_groups=32 if small else 8,
+                            block_out_channels=(32, 64, 128, 128) if small else (8, 16, 32, 32),
+                            layers_per_block=2 if small else 1, sample_size=64)
     if small:
         unet = UNet2DConditionModel(
             sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(64, 128, 256, 256), norm_num_groups=32, attention_head_dim=8,
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=text_encoder.config.hidden_size)
+    elif micro:  # self-attention over 64x64 latents (4096 positions) would cost seconds a picture
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(4, 4, 8, 8), norm_num_groups=4, attention_head_dim=8,
+            down_block_types=("DownBlock2D",) * 4, up_block_types=("UpBlock2D",) * 4,
+            mid_block_type="UNetMidBlock2DCrossAttn",  # the text enters here, at 8x8
             cross_attention_dim=text_encoder.config.hidden_size)
     else:
         unet = UNet2DConditionModel(
@@ -66,7 +88,7 @@ def build_random_model(out: Path = RANDOM_MODEL, seed: int = 0, size: str = "tin
         scheduler=PNDMScheduler(**SD_V1_SCHEDULE), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     # Write next to the target, then rename: an interrupted build never leaves half a model.
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")  # (two processes may build at once)
     pipe.save_pretrained(tmp, safe_serialization=True)
     # Ship the tokenizer files exactly as SD's hub folder has them (vocab.json + merges.txt),
     # which every transformers version reads.
@@ -74,7 +96,10 @@ def build_random_model(out: Path = RANDOM_MODEL, seed: int = 0, size: str = "tin
     shutil.copytree(TOKENIZER, tmp / "tokenizer")
     if out.exists():
         shutil.rmtree(out)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process got there first: its model is the same
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

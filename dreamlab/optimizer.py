@@ -66,10 +66,20 @@ class FusedStep:
         param.grad = None  # its memory is free for the next gradients
 
     def end_step(self) -> bool:
-        """After backward: True when some gradient overflowed (under fp16 the scale is halved)."""
+        """After backward: True when some gradient overflowed. Under fp16 the loss scale then follows
+        GradScaler's own rule (it cannot see the gradients, which are gone): an overflow multiplies
+        it by backoff_factor (0.5), growth_interval steps without one by growth_factor (2). The count
+        lives in the scaler's own state, so that a checkpoint of the scaler holds it."""
         overflow, self.overflow, scale, self.scale = self.overflow, False, self.scale, None
-        if overflow and self.scaler is not None:
-            self.scaler.update(scale / 2)
+        if self.scaler is not None and scale is not None:
+            state = self.scaler.state_dict()
+            if overflow:
+                state.update(scale=scale * state["backoff_factor"], _growth_tracker=0)
+            elif state["_growth_tracker"] + 1 >= state["growth_interval"]:
+                state.update(scale=scale * state["growth_factor"], _growth_tracker=0)
+            else:
+                state["_growth_tracker"] += 1
+            self.scaler.load_state_dict(state)
         return overflow
 
     def remove(self) -> None:

@@ -12,12 +12,14 @@ from .errors import DreamlabError
 from .identifier import identifier_words
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data"  # shipped with the course: tokenizer, sample photos
-# Where lessons and runs write (class images, fine-tuned models); DREAMLAB_OUTPUT moves it.
-OUTPUT = Path(os.environ.get("DREAMLAB_OUTPUT", ROOT / "output"))
+# Shipped inside the package (so a pip install has them too): tokenizer, toy model, judge, sample photos
+ASSETS = Path(__file__).resolve().parent / "assets"
+# Where lessons and runs write (class images, fine-tuned models): ./output under the working
+# directory (on Colab /content/output), never inside the installed package; DREAMLAB_OUTPUT moves it.
+OUTPUT = Path(os.environ.get("DREAMLAB_OUTPUT", "output")).absolute()
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 PRECISIONS = ("no", "fp16", "bf16")
+SAVE_PRECISIONS = ("fp32", "fp16")
 ATTENTIONS = ("sdpa", "math")
 
 
@@ -34,7 +36,7 @@ class Subject:
 @dataclass
 class Settings:
     # What to learn
-    instance_dir: str = str(DATA / "instance" / "dog")  # 3 to 10 photos of the subject
+    instance_dir: str = str(ASSETS / "instance" / "dog")  # 3 to 10 photos of the subject
     instance_prompt: str = "a photo of sks dog"  # "sks" is a rare token the subject gets bound to
     class_prompt: str = "a photo of a dog"  # what the subject is an instance of
     class_dir: str = str(OUTPUT / "class-images")  # class images, generated if missing
@@ -91,6 +93,10 @@ class Settings:
     checkpointing_steps: int = 0  # 0: none
     checkpoints_total_limit: int = 2
     resume_from: str | None = None  # "latest", or a checkpoint folder
+    # Half-precision weights and no optimizer state: a sixth of the size (SD 1.5's UNet: 1.7 GB, not
+    # 10.3), for Google Drive; resuming is then close to, not exactly, the uninterrupted run
+    compact_checkpoints: bool = False
+    save_precision: str = "fp32"  # the saved model's weights: "fp16" halves its size (2.1 GB for SD 1.5)
 
     # Samples while training: the same prompts and seeds every N steps
     validation_prompts: list = field(default_factory=list)
@@ -125,6 +131,11 @@ class Settings:
             bad("lr_scheduler", f"choose one of {', '.join(LR_SCHEDULERS)}")
         if self.mixed_precision not in PRECISIONS:
             bad("mixed_precision", f"choose one of {', '.join(PRECISIONS)}")
+        if self.save_precision not in SAVE_PRECISIONS:
+            bad("save_precision", f"choose one of {', '.join(SAVE_PRECISIONS)}")
+        self.check_device()
+        if self.compact_checkpoints and self.lora:
+            bad("compact_checkpoints", "is for full fine-tunes: LoRA's checkpoints are small already")
         if self.attention not in ATTENTIONS:
             bad("attention", f"choose one of {', '.join(ATTENTIONS)}")
         for name in ("lora_rank", "checkpoints_total_limit", "num_validation_images"):
@@ -167,6 +178,22 @@ class Settings:
                 raise DreamlabError(f"more_subjects[{i}]: prior preservation needs its class_dir "
                                     "and class_prompt")
         return self
+
+    def check_device(self) -> None:
+        """The device asked for exists, and can run the mixed precision asked for."""
+        import torch
+
+        cuda = torch.cuda.is_available()
+        if self.device not in (None, "cpu") and not self.device.startswith("cuda"):
+            raise DreamlabError(f"setting device={self.device!r}: give None (the GPU when there is one), "
+                                "'cuda' or 'cpu'")
+        if self.device and self.device.startswith("cuda") and not cuda:
+            raise DreamlabError(f"setting device={self.device!r}: this machine has no CUDA GPU (on Colab: "
+                                "Runtime > Change runtime type > T4 GPU). Or set device='cpu'.")
+        on_cpu = self.device == "cpu" or not cuda
+        if self.mixed_precision == "fp16" and on_cpu:
+            raise DreamlabError("setting mixed_precision='fp16' needs a GPU (accelerate has no fp16 "
+                                "on the CPU): use 'bf16' or 'no' on the CPU")
 
     @property
     def text_encoder_trains(self) -> bool:

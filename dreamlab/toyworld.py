@@ -14,7 +14,7 @@ Pictures are drawn on the fly with PIL (about 30 microseconds each), so the worl
 The DreamBooth subject is something the world never shows: a red ball with bold white stripes.
 Stripes exist (on boxes, stars and rings) and red balls exist, but `random_scene` never draws a
 striped ball, so the toy model has never seen one: DreamBooth must teach it. `subject_photos()` draws the
-subject's few "photos" (scripts/make_toy_subject.py saves them to data/instance/striped-ball).
+subject's few "photos" (scripts/make_toy_subject.py saves them to dreamlab/assets/instance/striped-ball).
 """
 
 from dataclasses import dataclass
@@ -208,9 +208,9 @@ def dreambooth_settings(**overrides):
     UNet and text encoder both at 3e-4 the UNet memorised the photos (benchmarks/toy_dreambooth.py
     measures all of this; see the README's toy-world section).
     """
-    from .settings import DATA, OUTPUT, Settings
+    from .settings import ASSETS, OUTPUT, Settings
 
-    values = dict(model=str(DATA / "toy-sd"), instance_dir=str(DATA / "instance" / SUBJECT_NAME),
+    values = dict(model=str(ASSETS / "toy-sd"), instance_dir=str(ASSETS / "instance" / SUBJECT_NAME),
                   instance_prompt=f"a photo of sks {SUBJECT_CLASS}",
                   class_prompt=f"a photo of a {SUBJECT_CLASS}",
                   class_dir=str(OUTPUT / "toy-class-images"), output_dir=str(OUTPUT / "toy-dreambooth"),

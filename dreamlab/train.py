@@ -4,6 +4,7 @@ Lesson 3 runs training_step by hand, then calls train(); the command line calls 
 """
 
 import contextlib
+import gc
 import math
 import signal
 import threading
@@ -15,7 +16,6 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
@@ -25,13 +25,12 @@ from . import checkpoints
 from .cache import cache_dataset
 from .data import collate, generate_class_images, set_epoch, subjects_dataset
 from .errors import DreamlabError
-from .export import save_diffusers, save_lora, write_model_card
-from .identifier import identifier_token_ids, save_identifier, train_identifier_embedding
-from .lora import add_lora
 from .models import StableDiffusion, load_model
 from .optimizer import FusedStep, make_optimizer
+from .runs import checkpoint_dir, resume, samples_dir, save_model
 from .sample import generate, image_grid
 from .settings import Settings
+from .trainable import make_trainable, place
 
 
 def training_step(sd: StableDiffusion, batch: dict, prior_loss_weight: float = 1.0,
@@ -93,15 +92,7 @@ class TrainResult:
     output_dir: Path | None = None  # where the model was saved
     stopped_early: bool = False  # interrupted (kernel stop button, Ctrl-C)
     checkpoint: Path | None = None  # the last checkpoint written
-
-
-def checkpoint_dir(s: Settings) -> Path:
-    """Checkpoints live beside the model folder (the model folder is replaced when saved)."""
-    return Path(s.output_dir + "-checkpoints")
-
-
-def samples_dir(s: Settings) -> Path:
-    return Path(s.output_dir + "-samples")
+    step: int = 0  # the steps trained, of max_train_steps
 
 
 def prepare_class_images(s: Settings, sd: StableDiffusion, accelerator: Accelerator) -> None:
@@ -116,43 +107,6 @@ def prepare_class_images(s: Settings, sd: StableDiffusion, accelerator: Accelera
                                       resolution=s.resolution, num_inference_steps=s.num_inference_steps,
                                       guidance_scale=s.guidance_scale, seed=s.seed)
     accelerator.wait_for_everyone()
-
-
-def place(module: torch.nn.Module, device, dtype: torch.dtype) -> None:
-    module.to(device)
-    if module.dtype != dtype:  # (nn.Module's own .to: diffusers' warns on every cast of a loaded model)
-        torch.nn.Module.to(module, dtype=dtype)
-
-
-def set_up_models(s: Settings, sd: StableDiffusion, device, frozen_dtype: torch.dtype) -> dict:
-    """Freeze what is not trained, add LoRA adapters, switch the memory savers on.
-    Returns the trained weights by name ("unet.<name>", "text_encoder.<name>")."""
-    place(sd.vae.requires_grad_(False), device, frozen_dtype)
-    if s.lora:  # frozen model in half precision, float32 adapters
-        place(sd.unet, device, frozen_dtype)
-        add_lora(sd.unet, "unet", s.lora_rank, s.lora_alpha)
-    else:  # trained weights stay in float32 (the optimizer cannot update float16 weights:
-        place(sd.unet.requires_grad_(True), device, torch.float32)  # "Attempting to unscale FP16 gradients")
-    sd.text_encoder.requires_grad_(False)
-    # float32 where weights of its own are trained: all of them, or the word table
-    trains_own = s.train_identifier or (s.train_text_encoder and not s.lora)
-    place(sd.text_encoder, device, torch.float32 if trains_own else frozen_dtype)
-    if s.train_text_encoder:
-        if s.lora:
-            add_lora(sd.text_encoder, "text_encoder", s.lora_rank, s.lora_alpha)
-        else:
-            sd.text_encoder.requires_grad_(True)
-    if s.train_identifier:  # only the identifier's row of the word table learns
-        train_identifier_embedding(sd.text_encoder, identifier_token_ids(sd.tokenizer, s.subjects()))
-    sd.unet.train(), sd.text_encoder.train(s.text_encoder_trains)
-    if s.gradient_checkpointing:  # keep fewer activations; recompute them in the backward pass
-        sd.unet.enable_gradient_checkpointing()
-        if s.text_encoder_trains:  # (transformers 5 renamed the method)
-            enable = getattr(sd.text_encoder, "activation_checkpointing_enable", None)
-            (enable or sd.text_encoder.gradient_checkpointing_enable)()
-    sd.unet.set_attn_processor(AttnProcessor2_0() if s.attention == "sdpa" else AttnProcessor())
-    return {f"{part}.{name}": p for part in ("unet", "text_encoder")
-            for name, p in getattr(sd, part).named_parameters() if p.requires_grad}
 
 
 def parameter_groups(s: Settings, trained: dict) -> list[dict]:
@@ -234,39 +188,12 @@ def sample_now(s: Settings, sd: StableDiffusion, accelerator: Accelerator, step:
     return images
 
 
-def resume(s: Settings, trained: dict, optimizer, lr_scheduler, noise,
-           process_index: int = 0) -> tuple[int, list, Path | None]:
-    """With resume_from, put the checkpoint back and return (its step, its loss history, its path);
-    otherwise (0, [], None)."""
-    folder = checkpoint_dir(s)
-    if not s.resume_from:
-        earlier = checkpoints.checkpoints(folder) if s.checkpointing_steps else []
-        if earlier:  # keep-last-K would delete this run's checkpoints in favour of the earlier run's
-            raise DreamlabError(f"{folder} holds an earlier run's checkpoints (the last: "
-                                f"{earlier[-1].name}): set resume_from='latest' to go on with it, or "
-                                "delete that folder (or choose another output_dir) to start afresh")
-        return 0, [], None
-    path = checkpoints.find_checkpoint(s.resume_from, folder)
-    if path is None:
-        print(f"no checkpoint in {folder} yet: starting from step 0")
-        return 0, [], None
-    step, history = checkpoints.load_checkpoint(path, trained, optimizer, lr_scheduler,
-                                                {"noise": noise}, s.to_dict(), process_index)
-    print(f"resumed from {path} (step {step})")
-    return step, history, path
-
-
 NAN_HELP = ("the loss became {loss} at step {step}, so that step was not applied. Likely causes: "
             "a learning rate too high (learning_rate={lr}), or fp16 overflow (mixed_precision="
             "{mp!r}: try 'bf16' on a GPU that has it, or 'no'). {resume}")
 
 
-def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sample=None,
-          save: bool = True) -> TrainResult:
-    """Fine-tune with DreamBooth. `sd` reuses an already loaded model (the notebooks do);
-    `on_step(step, logs)` is called after every optimiser step (the live loss plot uses it),
-    `on_sample(step, images)` after every set of validation samples."""
-    s.validate()
+def make_accelerator(s: Settings) -> Accelerator:
     # accelerate keeps one mixed-precision choice per process; a notebook may call train() again
     # with another, so forget the last one (the processes' own setup, PartialState, is kept)
     AcceleratorState._reset_state()
@@ -278,17 +205,12 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
                                 "all gradients before any update): set it to False")
         if s.text_encoder_stop_step is not None:  # DDP cannot drop weights from its reduction midway
             raise DreamlabError("text_encoder_stop_step works on one GPU only: set it to None")
-    set_seed(s.seed)
-    if sd is None:
-        sd = load_model(s.model, s.revision, device=accelerator.device)
-    # Frozen parts run in half precision under fp16/bf16; the trained ones stay in float32.
-    frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.mixed_precision, torch.float32)
-    trained = set_up_models(s, sd, accelerator.device, frozen_dtype)
-    optimizer = make_optimizer(parameter_groups(s, trained), s.learning_rate, s.adam_weight_decay,
-                               s.use_8bit_adam, accelerator.device)
+    return accelerator
 
-    if s.prior_preservation:
-        prepare_class_images(s, sd, accelerator)
+
+def make_loader(s: Settings, sd: StableDiffusion):
+    """The shuffled batches of instance (and class) images, with cached latents if asked, and
+    the sampler that shuffles them (batches() seeds it for each pass)."""
     dataset = subjects_dataset(s.subjects(), sd.tokenizer, s.resolution, s.prior_preservation,
                                s.center_crop, s.seed)
     if s.cache_latents:  # encode once; then the VAE (and a frozen text encoder) leave the GPU
@@ -299,10 +221,42 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator())
     loader = torch.utils.data.DataLoader(dataset, batch_size=s.train_batch_size, sampler=sampler,
                                          collate_fn=collate, drop_last=len(dataset) >= s.train_batch_size)
+    return loader, sampler
+
+
+def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sample=None,
+          save: bool = True) -> TrainResult:
+    """Fine-tune with DreamBooth. `sd` reuses an already loaded model (the notebooks do);
+    `on_step(step, logs)` is called after every optimiser step (the live loss plot uses it),
+    `on_sample(step, images)` after every set of validation samples. Afterwards the only model
+    left in memory is the one in the result: a second train() needs no more memory than the first."""
+    s.validate()
+    free_memory()  # what an earlier run left in reference cycles would hold on to its GPU memory
+    try:
+        return run(s, sd, on_step, on_sample, save)
+    finally:
+        free_memory()  # the optimizer and accelerate's wrappers (reference cycles) and their memory
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def set_up(s: Settings, sd: StableDiffusion, accelerator: Accelerator):
+    """Everything a run needs before its first step: the trained weights (by name), the optimizer,
+    its schedule, the class images, the batches and their sampler, and the fused step if asked.
+    accelerate's prepare() wraps what is trained for mixed precision and for several GPUs;
+    training_step then calls the wrapped modules through `sd`."""
+    trained = make_trainable(s, sd, accelerator.device)
+    optimizer = make_optimizer(parameter_groups(s, trained), s.learning_rate, s.adam_weight_decay,
+                               s.use_8bit_adam, accelerator.device)
+    if s.prior_preservation:
+        prepare_class_images(s, sd, accelerator)
+    loader, sampler = make_loader(s, sd)
     lr_scheduler = get_scheduler(s.lr_scheduler, optimizer, num_warmup_steps=s.lr_warmup_steps,
                                  num_training_steps=s.max_train_steps)
-    # prepare() wraps what is trained for mixed precision and for several GPUs; training_step
-    # then calls the wrapped modules through `sd`.
     fused = None
     if s.fused_optimizer_step:  # the optimizer steps inside backward: accelerate must not step it
         sd.unet, loader = accelerator.prepare(sd.unet, loader)
@@ -312,23 +266,30 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
                                                                       lr_scheduler)
     if s.text_encoder_trains:
         sd.text_encoder = accelerator.prepare(sd.text_encoder)
-    models = [sd.unet] + ([sd.text_encoder] if s.text_encoder_trains else [])
+    return trained, optimizer, lr_scheduler, loader, sampler, fused
 
+
+def run(s: Settings, sd: StableDiffusion | None, on_step, on_sample, save: bool) -> TrainResult:
+    accelerator = make_accelerator(s)
+    set_seed(s.seed)
+    if sd is None:
+        sd = load_model(s.model, s.revision, device=accelerator.device)
+    trained, optimizer, lr_scheduler, loader, sampler, fused = set_up(s, sd, accelerator)
     # Noise and timesteps come from this generator, saved in checkpoints: resuming replays them.
     noise = torch.Generator(accelerator.device).manual_seed(s.seed + accelerator.process_index)
     start, history, last_checkpoint = resume(s, trained, optimizer, lr_scheduler, noise,
-                                             accelerator.process_index)
+                                             accelerator.scaler, accelerator.process_index)
 
     def save_checkpoint(step):
         rng_states = gather_object([{"noise": noise.get_state()}])  # every process's, in order
         if accelerator.is_main_process:
             return checkpoints.save_checkpoint(checkpoint_dir(s), step, trained, optimizer, lr_scheduler,
-                                               rng_states, history, s.to_dict(),
+                                               rng_states, history, s, accelerator.scaler,
                                                keep=s.checkpoints_total_limit)
 
+    models = [sd.unet] + ([sd.text_encoder] if s.text_encoder_trains else [])
     stream = batches(loader, sampler, s.seed, start * s.gradient_accumulation_steps)
-    text_encoder_on = s.text_encoder_trains
-    stopped = False
+    text_encoder_on, stopped, step = s.text_encoder_trains, False, start
     bar = tqdm(range(start, s.max_train_steps), desc="training", disable=not accelerator.is_main_process)
     samples = None  # the latest validation images, for the model card
     if s.validation_steps and start == 0 and accelerator.is_main_process:
@@ -359,41 +320,51 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
                             f"{s.learning_rate}); the fused step had already updated some weights, "
                             f"so resume from the last checkpoint ({last_checkpoint}) with a lower rate.")
                     lr_scheduler.step()
-            logs.update(step=step + 1, lr=lr_scheduler.get_last_lr()[0])
+            step += 1
+            logs.update(step=step, lr=lr_scheduler.get_last_lr()[0])
             history.append(logs)
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             if on_step is not None:
-                on_step(step + 1, logs)
-            done = step + 1 == s.max_train_steps
-            if s.validation_steps and (step + 1) % s.validation_steps == 0 and accelerator.is_main_process:
-                samples = sample_now(s, sd, accelerator, step + 1, on_sample)
+                on_step(step, logs)
+            if s.validation_steps and step % s.validation_steps == 0 and accelerator.is_main_process:
+                samples = sample_now(s, sd, accelerator, step, on_sample)
             if accelerator.num_processes > 1:  # all processes stop at the same step, or they hang
                 flag = torch.tensor(float(interrupt["stop"]), device=accelerator.device)
                 interrupt["stop"] = accelerator.reduce(flag, "max").item() > 0
-            every_n = s.checkpointing_steps and (step + 1) % s.checkpointing_steps == 0
-            if every_n or (interrupt["stop"] and not done):
-                last_checkpoint = save_checkpoint(step + 1)
-            if interrupt["stop"] and not done:
-                stopped = True
-                print(f"stopped at step {step + 1}; checkpoint {last_checkpoint} (resume_from='latest')")
+            stopped = interrupt["stop"] and step < s.max_train_steps
+            every_n = s.checkpointing_steps and step % s.checkpointing_steps == 0
+            # (a compact checkpoint of the last step would only repeat the model saved next)
+            if (every_n and not (s.compact_checkpoints and step == s.max_train_steps)) or stopped:
+                last_checkpoint = save_checkpoint(step)
+            if stopped:
+                print(f"stopped at step {step} of {s.max_train_steps}; checkpoint {last_checkpoint} "
+                      "(resume_from='latest' goes on from there)")
                 break
     if fused is not None:
         fused.remove()
-
-    accelerator.wait_for_everyone()
-    sd.unet, sd.text_encoder = accelerator.unwrap_model(sd.unet), accelerator.unwrap_model(sd.text_encoder)
-    sd.unet.eval(), sd.text_encoder.eval()
-    # Frozen parts ran in half precision under fp16/bf16 (and off the GPU with cached latents):
-    # back to float32 on the device, so that the pipeline (whose dtypes must agree) can sample.
-    for module in (sd.vae, sd.text_encoder, sd.unet):
-        place(module, accelerator.device, torch.float32)
-    out = None
+    result = TrainResult(sd=sd, history=history, stopped_early=stopped, checkpoint=last_checkpoint,
+                         step=step)
+    finish(s, result, accelerator)
     if save and accelerator.is_main_process:
-        out = save_lora(sd, s.output_dir) if s.lora else save_diffusers(sd, s.output_dir)
-        if s.lora and s.train_identifier:  # the adapters do not hold the learned word
-            save_identifier(sd, s.subjects(), s.output_dir)
-        # A README.md the Hub shows: base model, prompt, settings, the last samples
-        first = samples[:s.num_validation_images] if samples else None  # the first prompt's pictures
-        write_model_card(s.output_dir, s, images=first, prompt=(s.validation_prompts or [None])[0])
-    return TrainResult(sd=sd, history=history, output_dir=out, stopped_early=stopped,
-                       checkpoint=last_checkpoint)
+        result.output_dir = save_model(s, result, samples, resumed_at=start)
+    return result
+
+
+def finish(s: Settings, result: TrainResult, accelerator: Accelerator) -> None:
+    """Take the trained modules out of accelerate's wrappers (whose autocast wrapper and lists would
+    keep the model and optimizer alive), and make the model ready to sample."""
+    sd = result.sd
+    accelerator.wait_for_everyone()
+    sd.unet = accelerator.unwrap_model(sd.unet, keep_fp32_wrapper=False)
+    sd.text_encoder = accelerator.unwrap_model(sd.text_encoder, keep_fp32_wrapper=False)
+    accelerator.free_memory()
+    ready_to_sample(s, sd, accelerator.device)
+
+
+def ready_to_sample(s: Settings, sd: StableDiffusion, device) -> None:
+    """Every part in one precision on the device, as the pipeline needs: float32, or float16 with
+    save_precision="fp16" (what is saved is then what you sample from, and a GPU samples faster)."""
+    sd.unet.eval(), sd.text_encoder.eval()
+    dtype = torch.float16 if s.save_precision == "fp16" else torch.float32
+    for module in (sd.vae, sd.text_encoder, sd.unet):
+        place(module, device, dtype)

@@ -1,4 +1,4 @@
-"""Write the toy world's DreamBooth subject to data/instance/striped-ball: five 64 px "photos"
+"""Write the toy world's DreamBooth subject to dreamlab/assets/instance/striped-ball: five 64 px "photos"
 of a red ball with bold white stripes, a thing the toy world never shows (dreamlab/toyworld.py).
 
     python scripts/make_toy_subject.py            # the shipped set: grass and beach
@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from dreamlab import toyworld
-from dreamlab.settings import DATA
+from dreamlab.settings import ASSETS
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--n", type=int, default=5, help="how many photos (3 to 5 is DreamBooth's usual)")
@@ -27,7 +27,7 @@ parser.add_argument("--contexts", nargs="+", default=list(toyworld.SUBJECT_CONTE
                     choices=list(toyworld.CONTEXTS), help="where the photos are taken, in turn")
 parser.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True,
                     help="write each photo's caption, with its context, to a .txt beside it")
-parser.add_argument("--out", default=str(DATA / "instance" / toyworld.SUBJECT_NAME))
+parser.add_argument("--out", default=str(ASSETS / "instance" / toyworld.SUBJECT_NAME))
 args = parser.parse_args()
 
 out = Path(args.out)

@@ -6,7 +6,7 @@ UNet2DConditionModel, CLIPTextModel, SD v1's real tokenizer and noise schedule),
 it has learned something: to draw the toy world's balls, boxes, stars and rings from captions.
 The result is a diffusers folder that dreamlab.load_model() opens exactly as it opens real SD.
 
-    python scripts/pretrain_toy.py                       # the full recipe -> data/toy-sd
+    python scripts/pretrain_toy.py                       # the full recipe -> dreamlab/assets/toy-sd
     python scripts/pretrain_toy.py --vae-steps 30 --unet-steps 30 --out build/toy-smoke   # smoke
 
 Recipe (seed 0), two stages, as SD itself was trained:
@@ -32,7 +32,7 @@ Offset noise (stage 2, --offset-noise 0.2): with 16x16 latents, SD's schedule le
   the background from that leak instead of from the caption, and drew grass for "on snow"
   (prompt fidelity about 0.3). With offset noise the judge finds the asked-for context in 92-100%.
 
-How data/toy-sd was made: `python scripts/pretrain_toy.py` (these defaults, seed 0, the course's
+How dreamlab/assets/toy-sd was made: `python scripts/pretrain_toy.py` (these defaults, seed 0, the course's
   2-core CPU): 59.5 min (VAE 0.62 s/step, PSNR 20.3 dB on new pictures; the 50,000 pictures
   2.4 min; UNet 0.58 s/step, last loss 0.0248, Min-SNR-weighted). The run is exactly repeatable:
   its VAE is bit-identical to the one an earlier run made for the previous model.
@@ -98,7 +98,7 @@ parser.add_argument("--offset-noise", type=float, default=0.2,
 parser.add_argument("--vae-from", default="", help="reuse the VAE of this model folder (skips stage 1)")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--log-every", type=int, default=100)
-parser.add_argument("--out", default=str(dreamlab.DATA / "toy-sd"))
+parser.add_argument("--out", default=str(dreamlab.ASSETS / "toy-sd"))
 parser.add_argument("--samples", default="", help="also save a grid of sample pictures here (.png)")
 args = parser.parse_args()
 

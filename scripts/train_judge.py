@@ -1,4 +1,4 @@
-"""Train the judge (dreamlab/judge.py) on the toy world's own renders -> data/judge.
+"""Train the judge (dreamlab/judge.py) on the toy world's own renders -> dreamlab/assets/judge.
 
     python scripts/train_judge.py                 # the shipped judge: 3 to 5 minutes on 1 thread
     python scripts/train_judge.py --steps 50 --out build/judge-smoke
@@ -20,7 +20,7 @@ and cosine decay, cross-entropy per head + binary cross-entropy for "is it our s
   a Gaussian blur of radius 0 to 1.2 px, JPEG at quality 40 to 95 (1 in 3), a slight colour
   shift (each channel x 0.95 to 1.05) and Gaussian noise of up to 4% of the range.
 
-  Through the VAE: when data/toy-sd exists (--vae), 40% of each batch is also passed through
+  Through the VAE: when dreamlab/assets/toy-sd exists (--vae), 40% of each batch is also passed through
   the toy SD's VAE (encode, sample, decode): the blur its generated pictures really have.
 
 Figures (seed 0, one thread of the course's 2-core CPU shared with other work; deterministic):
@@ -62,9 +62,9 @@ parser.add_argument("--batch", type=int, default=64)
 parser.add_argument("--lr", type=float, default=3e-3)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--eval", type=int, default=2000, help="held-out pictures per test")
-parser.add_argument("--vae", default=str(dreamlab.DATA / "toy-sd"),
+parser.add_argument("--vae", default=str(dreamlab.ASSETS / "toy-sd"),
                     help="a toy SD folder: train and test also on pictures passed through its VAE")
-parser.add_argument("--out", default=str(dreamlab.DATA / "judge"))
+parser.add_argument("--out", default=str(dreamlab.ASSETS / "judge"))
 args = parser.parse_args()
 
 torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamlab.settings import ROOT
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 # The public DreamBooth photos live beside the checkout (../shared/data/dreambooth).
 DREAMBOOTH = Path(os.environ.get("DREAMLAB_DREAMBOOTH_DATA",

@@ -48,7 +48,9 @@ def test_engine_settings_from_the_command_line(tmp_path, offline_path, dreamboot
                                                                              "step-000003.png"]
     done = run("dreamlab", "train", "--model", offline_path, "--instance-dir", str(dreambooth_photos / "dog"),
                "--no-prior-preservation", "--output-dir", str(out), *TRAIN_FLAGS, "--lora",
-               "--lora-rank", "2", "--train-identifier", "--resume-from", "latest", "--max-train-steps", "4")
+               "--lora-rank", "2", "--train-identifier", "--resume-from", "latest", "--max-train-steps", "4",
+               "--more-subject", str(dreambooth_photos / "cat2"), "a photo of zwx cat",
+               str(tmp_path / "cats"), "a photo of a cat")  # the same run, 4 steps instead of 3
     assert done.returncode == 0 and "resumed from" in done.stdout, done.stderr[-3000:]
     card = (out / "README.md").read_text()
     assert "instance_prompt: a photo of sks dog" in card and "lora" in card

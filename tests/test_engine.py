@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dreamlab import DreamlabError, Settings, generate, load_model, train, training_step
+from dreamlab import DreamlabError, Settings, generate, load_model, runs, train, training_step
 from dreamlab.checkpoints import checkpoints, find_checkpoint
 from dreamlab.data import DreamBoothDataset, collate, list_images
 
@@ -157,11 +157,12 @@ def test_offset_noise_and_min_snr_change_the_loss_as_they_should(sd, dreambooth_
 
 @pytest.mark.parametrize("text_encoder", [dict(train_text_encoder=True), dict(train_identifier=True)])
 def test_checkpoints_every_n_steps_keep_the_last_k_and_resume_exactly(tmp_path, offline_path,
-                                                                       dreambooth_photos, text_encoder):
+                                                                       dreambooth_photos, text_encoder,
+                                                                       capsys):
     s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=6,
                  checkpointing_steps=2, checkpoints_total_limit=2, **text_encoder)
     whole = train(s, sd=load_model(offline_path), save=False)
-    folder = train_module.checkpoint_dir(s)
+    folder = runs.checkpoint_dir(s)
     assert [p.name for p in checkpoints(folder)] == ["checkpoint-000004", "checkpoint-000006"]
     assert find_checkpoint("latest", folder).name == "checkpoint-000006"
     state = json.loads((folder / "checkpoint-000004" / "state.json").read_text())
@@ -178,11 +179,16 @@ def test_checkpoints_every_n_steps_keep_the_last_k_and_resume_exactly(tmp_path, 
     with pytest.raises(DreamlabError, match="earlier run's checkpoints.*resume_from='latest'"):
         train(s, sd=load_model(offline_path), save=False)  # a fresh run must not prune them
 
-    # the other way of training the text encoder: other weights, so the checkpoint is refused
+    # another learning rate is another run: "latest" starts it afresh, and says so
+    changed = Settings(**{**s.to_dict(), "resume_from": "latest", "learning_rate": 2e-3})
+    other = train(changed, sd=load_model(offline_path), save=False)
+    assert "starting a new run" in capsys.readouterr().out and len(other.history) == 6
+    assert other.history[0]["loss"] == whole.history[0]["loss"] and other.history[1] != whole.history[1]
+    # a checkpoint asked for by name must be this run's
     swapped = {"train_text_encoder": s.train_identifier, "train_identifier": s.train_text_encoder}
-    changed = Settings(**{**s.to_dict(), "resume_from": "latest", **swapped})
-    with pytest.raises(DreamlabError, match="train_text_encoder=(True|False), this run has"):
-        train(changed, sd=load_model(offline_path), save=False)
+    named = Settings(**{**s.to_dict(), "resume_from": str(folder / "checkpoint-000006"), **swapped})
+    with pytest.raises(DreamlabError, match="other settings: .*train_identifier=(True|False) \\(now"):
+        train(named, sd=load_model(offline_path), save=False)
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_last_one_intact(
@@ -196,11 +202,12 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_last_one_intact(
         return real_save(tensors, path, *args, **kwargs)
 
     monkeypatch.setattr(train_module.checkpoints, "save_file", crash_at_step_4)
-    with pytest.raises(OSError):
+    with pytest.raises(DreamlabError, match="could not write checkpoint .*checkpoint-000004.*disk gone.*"
+                                            "intact: \\['checkpoint-000002'\\]"):
         train(s, sd=load_model(offline_path), save=False)
-    folder = train_module.checkpoint_dir(s)
+    folder = runs.checkpoint_dir(s)
     assert find_checkpoint("latest", folder).name == "checkpoint-000002"
-    assert (folder / "checkpoint-000004.tmp").exists()  # the half-written one is not taken for a checkpoint
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-000002"]  # no half-written folder left
 
 
 KILLED_RUN = """
@@ -222,7 +229,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, offline_path, 
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True)
     assert run.returncode == -signal.SIGKILL, run.stderr.decode()[-2000:]
-    assert find_checkpoint("latest", train_module.checkpoint_dir(s)).name == "checkpoint-000003"
+    assert find_checkpoint("latest", runs.checkpoint_dir(s)).name == "checkpoint-000003"
 
     resumed = train(Settings(**{**s.to_dict(), "resume_from": "latest"}), sd=load_model(offline_path),
                     save=False)
@@ -241,11 +248,12 @@ def test_samples_while_training_use_the_same_seeds_every_time(tmp_path, offline_
     train(s, sd=load_model(offline_path), save=False,
           on_sample=lambda step, images: seen.__setitem__(step, images))
     assert sorted(seen) == [0, 2, 4] and all(len(images) == 4 for images in seen.values())
-    files = sorted(p.name for p in train_module.samples_dir(s).iterdir())
+    files = sorted(p.name for p in runs.samples_dir(s).iterdir())
     assert files == ["step-000000.png", "step-000002.png", "step-000004.png"]
     # step 0 is the untouched model with seeds 0, 1: exactly what generate() draws with them
-    base = generate(load_model(offline_path).pipeline(), ["a photo of sks dog"] * 2, [0, 1], 64, 2)
-    assert [im.tobytes() for im in seen[0][:2]] == [im.tobytes() for im in base]
+    prompts = [p for p in s.validation_prompts for _ in range(2)]
+    base = generate(load_model(offline_path).pipeline(), prompts, [0, 1, 0, 1], 64, 2)
+    assert [im.tobytes() for im in seen[0]] == [im.tobytes() for im in base]
     assert seen[4][0].tobytes() != seen[0][0].tobytes()  # training changed the picture
     with pytest.raises(DreamlabError, match="validation_prompts"):
         settings(tmp_path, offline_path, dreambooth_photos / "dog", validation_steps=2).validate()
@@ -284,7 +292,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint(
     with pytest.raises(DreamlabError, match="nan at step 3.*learning rate.*fp16.*checkpoint-000002.*intact"):
         train(s, sd=sd, save=False, on_step=lambda step, logs: seen.setdefault(step, weights(sd.unet)))
     assert max_difference(seen[3], weights(sd.unet)) == 0  # the bad step was not applied
-    saved = load_file(train_module.checkpoint_dir(s) / "checkpoint-000002" / "trained.safetensors")
+    saved = load_file(runs.checkpoint_dir(s) / "checkpoint-000002" / "trained.safetensors")
     assert max_difference({k: v for k, v in saved.items()},
                           {f"unet.{k}": v for k, v in seen[2].items()}) == 0
 
@@ -319,21 +327,7 @@ def test_several_subjects_and_a_caption_train_in_one_run(tmp_path, offline_path,
                                                           instance_prompt="a photo of zwx cat")]}).validate()
 
 
-class FakeScaler:
-    """GradScaler's two calls FusedStep uses, for fp16 without a GPU."""
-
-    def __init__(self, scale):
-        self.scale, self.updates = scale, []
-
-    def get_scale(self):
-        return self.scale
-
-    def update(self, new_scale):
-        self.updates.append(new_scale)
-        self.scale = new_scale
-
-
-def test_the_fused_step_unscales_fp16_gradients_and_skips_overflow():
+def test_the_fused_step_unscales_fp16_gradients_skips_overflow_and_grows_the_scale():
     from dreamlab.optimizer import FusedStep
 
     torch.manual_seed(0)
@@ -343,17 +337,22 @@ def test_the_fused_step_unscales_fp16_gradients_and_skips_overflow():
     reference = torch.optim.AdamW(plain.parameters(), lr=0.1)
     plain(x).pow(2).mean().backward()
     reference.step()
-    scaler = FakeScaler(1024.0)
+    # fp16's loss scaler (accelerate makes it on a GPU only; torch's runs on the CPU too)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)
     step = FusedStep(torch.optim.AdamW([{"params": [p]} for p in fused.parameters()], lr=0.1), scaler=scaler)
-    (fused(x).pow(2).mean() * scaler.scale).backward()  # what accelerate's backward does under fp16
-    assert not step.end_step() and scaler.updates == []
+    scaler.scale(fused(x).pow(2).mean()).backward()  # what accelerate's backward does under fp16
+    assert not step.end_step() and scaler.get_scale() == 1024.0
     assert torch.allclose(plain.weight, fused.weight) and torch.allclose(plain.bias, fused.bias)
     assert all(p.grad is None for p in fused.parameters())  # freed as soon as used
 
     before = fused.weight.detach().clone()
-    (fused(x * float("inf")).sum() * scaler.scale).backward()
-    assert step.end_step() and scaler.updates == [512.0]  # overflow: skipped, scale halved
+    scaler.scale(fused(x * float("inf")).sum()).backward()
+    assert step.end_step() and scaler.get_scale() == 512.0  # overflow: skipped, scale halved
     assert torch.equal(fused.weight, before)
+    for _ in range(2):  # growth_interval steps without an overflow: the scale doubles again
+        scaler.scale(fused(x).pow(2).mean()).backward()
+        assert not step.end_step()
+    assert scaler.get_scale() == 1024.0
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -379,3 +378,142 @@ def test_bf16_mixed_precision_keeps_the_trained_weights_in_float32(lora, tmp_pat
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
     assert {p.dtype for m in (result.sd.unet, result.sd.vae, result.sd.text_encoder)
             for p in m.parameters()} == {torch.float32}
+
+
+def with_stand_in_scaler(monkeypatch) -> list:
+    """accelerate makes fp16's loss scaler on a GPU only: here the trainer gets torch's GradScaler
+    on the CPU. Its scale grows 1.5 times a step from 3: not powers of two, so scaling and unscaling
+    round the gradients, and the run depends on the scale. Returns the scalers made."""
+    make, scalers = train_module.make_accelerator, []
+
+    def with_scaler(s):
+        accelerator = make(s)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=3.0, growth_factor=1.5, growth_interval=1)
+        scalers.append(accelerator.scaler)
+        return accelerator
+
+    monkeypatch.setattr(train_module, "make_accelerator", with_scaler)
+    return scalers
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["adamw", "fused-step"])
+def test_an_fp16_run_resumes_exactly_with_its_loss_scale(fused, tmp_path, offline_path, dreambooth_photos,
+                                                        monkeypatch):
+    scalers = with_stand_in_scaler(monkeypatch)
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=6, checkpointing_steps=3,
+                 checkpoints_total_limit=3, fused_optimizer_step=fused)
+    whole = train(s, sd=load_model(offline_path), save=False)
+    assert scalers[0].get_scale() == 3.0 * 1.5**6  # it grew at every step
+    folder = runs.checkpoint_dir(s)
+    state = json.loads((folder / "checkpoint-000003" / "state.json").read_text())
+    assert state["scaler"]["scale"] == 3.0 * 1.5**3
+
+    (folder / "checkpoint-000006" / "state.json").unlink()  # as if killed after step 3
+    resumed = train(Settings(**{**s.to_dict(), "resume_from": "latest"}), sd=load_model(offline_path),
+                    save=False)
+    assert max_difference(weights(whole.sd.unet), weights(resumed.sd.unet)) == 0
+
+    # without the scale in the checkpoint, the resumed run would be another run
+    state = json.loads((folder / "checkpoint-000003" / "state.json").read_text())
+    (folder / "checkpoint-000003" / "state.json").write_text(json.dumps({**state, "scaler": None}))
+    for later in checkpoints(folder)[1:]:
+        (later / "state.json").unlink()
+    forgetful = train(Settings(**{**s.to_dict(), "resume_from": "latest"}), sd=load_model(offline_path),
+                      save=False)
+    assert max_difference(weights(whole.sd.unet), weights(forgetful.sd.unet)) > 0
+
+
+def test_checkpoints_are_written_in_shards_and_compact_ones_are_a_sixth(
+        tmp_path, offline_path, dreambooth_photos, monkeypatch, capsys):
+    monkeypatch.setattr(train_module.checkpoints, "SHARD", "300KB")  # the tiny UNet is ~1 MB
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=4, checkpointing_steps=2)
+    whole = train(s, sd=load_model(offline_path), save=False)
+    full = runs.checkpoint_dir(s) / "checkpoint-000002"
+    assert len(list(full.glob("trained-*-of-*.safetensors"))) >= 3  # each shard at most 300 kB
+    assert len(list(full.glob("optimizer-*-of-*.safetensors"))) >= 6
+    assert all(p.stat().st_size < 400_000 for p in full.iterdir())
+
+    compact = Settings(**{**s.to_dict(), "output_dir": str(tmp_path / "compact"),
+                          "compact_checkpoints": True})
+    train(compact, sd=load_model(offline_path), save=False)
+    small = runs.checkpoint_dir(compact) / "checkpoint-000002"
+    assert not list(small.glob("optimizer*"))
+
+    def size(folder):
+        return sum(p.stat().st_size for p in folder.iterdir())
+    assert size(small) < size(full) / 5  # float16 weights (2 bytes), no Adam: 16 bytes a weight before
+    assert not (runs.checkpoint_dir(compact) / "checkpoint-000004").exists()  # the model will hold it
+    capsys.readouterr()
+    resumed = train(Settings(**{**compact.to_dict(), "resume_from": "latest"}), sd=load_model(offline_path),
+                    save=False)
+    assert "compact checkpoint: close to, not exactly" in capsys.readouterr().out
+    gap = max_difference(weights(whole.sd.unet), weights(resumed.sd.unet))
+    assert 0 < gap < 0.05  # close: one lr 1e-3 step moves a weight by up to ~1e-3
+
+
+def test_train_leaves_only_its_result_alive(tmp_path, offline_path, dreambooth_photos, monkeypatch):
+    import gc
+    import weakref
+
+    made = []
+    real = train_module.make_optimizer
+    monkeypatch.setattr(train_module, "make_optimizer",
+                        lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=2,
+                 fused_optimizer_step=True)
+    gc.disable()  # nothing may rely on the garbage collector running by chance
+    try:
+        result = train(s, save=False)  # train() loads its own model
+        unet, optimizer = weakref.ref(result.sd.unet), weakref.ref(made.pop())
+        assert optimizer() is None  # the optimizer and its state are gone once train() returns
+        del result
+        second = train(s, save=False)  # the first run's model is freed before the second one's is made
+        assert unet() is None and second.sd.unet is not None
+    finally:
+        gc.enable()
+
+
+def test_a_stopped_run_says_so_in_its_folder_and_card(tmp_path, offline_path, dreambooth_photos, capsys):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=6, checkpointing_steps=2)
+
+    def press_stop(step, logs):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = train(s, sd=load_model(offline_path), on_step=press_stop)
+    record = json.loads((result.output_dir / runs.RUN_RECORD).read_text())
+    assert result.step == 3 and record["step"] == 3 and record["max_train_steps"] == 6
+    assert "Unfinished:** trained for 3 of its 6 steps" in (result.output_dir / "README.md").read_text()
+
+    done = train(Settings(**{**s.to_dict(), "resume_from": "latest"}), sd=load_model(offline_path))
+    assert done.step == 6 and "Trained for 6 steps" in (done.output_dir / "README.md").read_text()
+    saved = (done.output_dir / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    again = train(Settings(**{**s.to_dict(), "resume_from": "latest"}), sd=load_model(offline_path))
+    assert "nothing to train: this run is complete" in capsys.readouterr().out and again.step == 6
+    assert (done.output_dir / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == saved
+
+
+def test_half_precision_saves_half_the_bytes_and_samples_from_what_it_saved(tmp_path, offline_path,
+                                                                            dreambooth_photos):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", save_precision="fp16")
+    result = train(s, sd=load_model(offline_path))
+    assert result.sd.unet.dtype == torch.float16
+    saved = load_file(result.output_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(v.dtype == torch.float16 for v in saved.values())
+    assert max_difference(saved, weights(result.sd.unet)) == 0
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("device", "cuda", "no CUDA GPU"),
+    ("device", "tpu", "give None"),
+    ("mixed_precision", "fp16", "needs a GPU.*bf16"),
+    ("save_precision", "int8", "fp32, fp16"),
+])
+def test_devices_and_precisions_that_cannot_run_here_are_named(field, value, words, tmp_path, offline_path,
+                                                                dreambooth_photos):
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", **{field: value})
+    if field == "mixed_precision":
+        s.device = "cpu"
+    with pytest.raises(DreamlabError, match=words):
+        s.validate()

@@ -13,7 +13,7 @@ from dreamlab.judge import (
     scores,
     subject_fidelity,
 )
-from dreamlab.settings import DATA
+from dreamlab.settings import ASSETS
 from dreamlab.toyworld import Scene, random_scene, render
 
 SEED = 4242  # not the training seed (0) nor its held-out seed (1000)
@@ -46,7 +46,7 @@ def blur(images, radius=1.0):
 
 
 def test_shipped_files_are_small_and_pickle_free(judge):
-    folder = DATA / "judge"
+    folder = ASSETS / "judge"
     assert sorted(f.name for f in folder.iterdir()) == ["config.json", "model.safetensors"]
     assert (folder / "model.safetensors").stat().st_size < 1_000_000
     assert 30_000 < sum(p.numel() for p in judge.parameters()) < 120_000
@@ -77,7 +77,7 @@ def test_subject_is_told_from_ordinary_balls(judge):
 
 
 def test_subject_fidelity(judge):
-    photos = [Image.open(f) for f in sorted((DATA / "instance" / toyworld.SUBJECT_NAME).glob("*.png"))]
+    photos = [Image.open(f) for f in sorted((ASSETS / "instance" / toyworld.SUBJECT_NAME).glob("*.png"))]
     assert len(photos) == 5
     assert subject_fidelity(judge, photos) == 1.0
     assert subject_fidelity(judge, toyworld.subject_photos(12, ("snow", "night sky"), seed=3)) >= 0.9

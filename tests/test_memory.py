@@ -21,14 +21,15 @@ def tiny(offline_path):
 
 
 def test_sd15_configs_give_its_known_parameter_counts():
-    parts = memory.meta_model()
+    sd = memory.meta_model()
+    parts = {name: getattr(sd, name) for name in ("unet", "vae", "text_encoder")}
     counts = {name: sum(p.numel() for p in module.parameters()) for name, module in parts.items()}
     assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
     assert all(p.device.type == "meta" for module in parts.values() for p in module.parameters())
 
 
 def test_a_local_model_folder_is_built_from_its_configs(offline_path):
-    unet = memory.meta_model(offline_path)["unet"]
+    unet = memory.meta_model(offline_path).unet
     assert list(unet.config.block_out_channels) == [32, 64] and unet.device.type == "meta"
     with pytest.raises(DreamlabError):
         memory.meta_model("no/such-model")
@@ -37,7 +38,7 @@ def test_a_local_model_folder_is_built_from_its_configs(offline_path):
 def test_the_counter_agrees_with_pytorchs_memtracker(offline_path):
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    unet = memory.meta_model(offline_path)["unet"]
+    unet = memory.meta_model(offline_path).unet
     with torch.device("meta"):
         inputs = torch.empty(2, 4, 8, 8), torch.zeros(2), torch.empty(2, 77, unet.config.cross_attention_dim)
     tracker, counter = MemTracker(), memory.LiveBytes()
@@ -78,15 +79,17 @@ def test_the_savings_do_what_they_say(tiny):
 
 def test_plan_fits_the_budget_and_prefers_the_full_fine_tune(tiny, offline_path):
     options, need = memory.plan(100.0, model=offline_path, resolution=64)  # plenty
-    assert options["mixed_precision"] == "no" and not options["lora"] and need == tiny()
+    assert options["mixed_precision"] == "fp16" and not options["lora"]
+    assert not options["gradient_checkpointing"]
+    assert need == tiny(mixed_precision="fp16")
     smallest_full = min(tiny(**o)["total"] for _, o in memory.rungs() if not o["lora"])
     budget = smallest_full * 0.99 / 0.95  # no full fine-tune fits; LoRA does
     options, need = memory.plan(budget, model=offline_path, resolution=64)
     assert options["lora"] and need["total"] <= 0.95 * budget
     with pytest.raises(DreamlabError, match="nothing fits"):
         memory.plan(0.001, model=offline_path, resolution=64)
-    rows = memory.table(model=offline_path, resolution=64)
-    assert len(rows) == len(memory.LADDER) and "full fine-tune" in memory.format_table(rows)
+    rows = memory.table(model=offline_path, resolution=64)  # plain float32 for comparison, then the ladder
+    assert len(rows) == len(memory.LADDER) + 1 and "float32" in memory.format_table(rows)
 
 
 def test_sd15_matches_known_figures():
@@ -124,14 +127,18 @@ def test_the_train_step_benchmark_prints_its_figures(run_script):
 
 
 def test_the_lessons_gpu_settings_fit_a_t4(monkeypatch):
-    """What lessons 3-5 use on Colab: SD 1.5 with the savers that fit a T4, checkpoints, resume."""
+    """What lessons 3-5 use on Colab: SD 1.5 with the savers that keep it under 13 GiB, resuming."""
     from dreamlab import colab
 
     monkeypatch.setattr(memory, "gpu_memory_gib", lambda: 14.75)
+    monkeypatch.setattr(colab, "device", lambda: "cuda")
+    monkeypatch.setattr(colab.Settings, "check_device", lambda self: None)  # no GPU here
     s = colab.gpu_settings(save_to_drive=True)  # not on Colab: the local output folder
     assert s.model == memory.SD15 and s.mixed_precision == "fp16" and s.fused_optimizer_step
-    assert s.checkpointing_steps == 100 and s.resume_from == "latest"
-    assert s.output_dir.startswith(str(colab.OUTPUT)) and not s.lora
-    te = colab.gpu_settings(train_text_encoder=True)
-    need = memory.estimate(**{k: getattr(te, k) for k in memory.DEFAULTS})
-    assert te.train_text_encoder and need["total"] < 14
+    assert s.gradient_checkpointing and not s.use_8bit_adam and not s.lora  # bitsandbytes is not on Colab
+    assert s.checkpointing_steps == 200 and s.resume_from == "latest" and s.save_precision == "fp16"
+    assert s.output_dir.startswith(str(colab.OUTPUT)) and not s.compact_checkpoints  # not on Drive
+    for te in (dict(train_text_encoder=True), dict(train_identifier=True), dict(lora=True)):
+        s = colab.gpu_settings(**te)
+        need = memory.estimate(**{k: getattr(s, k) for k in memory.DEFAULTS})
+        assert need["total"] < colab.COURSE_GIB * 0.95 and all(getattr(s, k) == v for k, v in te.items())

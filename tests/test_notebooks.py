@@ -1,11 +1,16 @@
 """Every lesson runs top to bottom offline (as `make lessons` runs them) and shows pictures."""
 
+import importlib.util
+
 import nbformat
 import pytest
 
-from dreamlab.lessons import lesson_paths, run_lesson
+from dreamlab.lessons import ROOT, lesson_paths, run_lesson
 
 LESSONS = lesson_paths()
+spec = importlib.util.spec_from_file_location("course_repository", ROOT / "scripts" / "course_repository.py")
+course = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(course)
 
 
 def test_there_are_five_lessons_in_order():
@@ -18,14 +23,34 @@ def test_lesson_is_committed_clean_with_badge_install_and_parameters(path):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, "commit notebooks without outputs"
-    assert f"colab.research.google.com/github/dreamlab-course/dreamlab/blob/main/notebooks/{path.name}" \
-        in nb.cells[0].source
-    assert "google.colab" in nb.cells[1].source and "pip install" in nb.cells[1].source
+    repo, ref = course.repository()  # pyproject.toml's: the badge and install cell are made from it
+    assert nb.cells[0].source.splitlines()[-1] == course.badge(repo, ref, path.name)
+    assert nb.cells[1].source == course.install_cell(repo, ref)
     assert "parameters" in nb.cells[2].metadata.get("tags", [])
-    assert "DREAMLAB_OFFLINE" in nb.cells[2].source
+    assert "OFFLINE = colab.offline()" in nb.cells[2].source
     later = "".join(c.source for c in nb.cells[3:])
-    assert "OFFLINE" not in later.replace("DREAMLAB_OFFLINE", ""), \
-        "only the parameter cell may branch on offline"
+    assert "OFFLINE" not in later, "only the parameter cell may branch on offline"
+
+
+def test_one_command_points_the_course_at_another_repository(tmp_path):
+    """An instructor's copy: pyproject.toml, every badge and install cell, the README follow."""
+    import shutil
+
+    for name in ("pyproject.toml", "README.md", "notebooks", "scripts"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, tmp_path / name)
+    script = tmp_path / "scripts" / "course_repository.py"
+    spec = importlib.util.spec_from_file_location("their_copy", script)
+    theirs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(theirs)
+    assert theirs.main(["someone/their-course", "--ref", "workshop"]) == 0
+    assert theirs.repository() == ("someone/their-course", "workshop")
+    for path in sorted((tmp_path / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert "git+https://github.com/someone/their-course@workshop" in nb.cells[1].source
+        assert f"github/someone/their-course/blob/workshop/notebooks/{path.name}" in nb.cells[0].source
+    readme = (tmp_path / "README.md").read_text()
+    assert "dreamlab-course/dreamlab" not in readme and "someone/their-course/blob/workshop" in readme
 
 
 @pytest.fixture(scope="module")

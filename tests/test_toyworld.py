@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from dreamlab import toyworld
-from dreamlab.settings import DATA
+from dreamlab.settings import ASSETS
 from dreamlab.toyworld import Scene, pretraining_caption, random_scene, render, subject_photos
 
 
@@ -105,7 +105,7 @@ def test_subject_photos_are_deterministic_and_striped_red_balls():
 
 
 def test_shipped_instance_photos_match_the_world():
-    folder = DATA / "instance" / toyworld.SUBJECT_NAME
+    folder = ASSETS / "instance" / toyworld.SUBJECT_NAME
     files = sorted(folder.glob("*.png"))
     assert [f.name for f in files] == [f"{i:02d}.png" for i in range(5)]
     for f, made in zip(files, subject_photos(5)):
