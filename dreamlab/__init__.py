@@ -1,6 +1,7 @@
 """dreamlab: DreamBooth for Stable Diffusion, the code behind the course's notebooks."""
 
-from .data import DreamBoothDataset, collate, generate_class_images, list_images
+from .class_images import generate_class_images
+from .data import DreamBoothDataset, collate, list_images
 from .errors import DreamlabError
 from .export import (
     push_to_hub,

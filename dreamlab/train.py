@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoints
 from .cache import cache_dataset
-from .data import collate, generate_class_images, set_epoch, subjects_dataset
+from .class_images import generate_class_images
+from .data import collate, set_epoch, subjects_dataset
 from .errors import DreamlabError
 from .models import StableDiffusion, load_model
 from .optimizer import FusedStep, make_optimizer
