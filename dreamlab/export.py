@@ -9,6 +9,8 @@ Weights are written beside their target and renamed at the end, so an interrupte
 leaves a half-written model where a complete one was.
 """
 
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -16,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .errors import DreamlabError
@@ -39,15 +42,40 @@ def save_diffusers(sd: StableDiffusion, folder, in_place: bool = False) -> Path:
                             "onto the base model), or merged into a whole model with save_single_file()")
     out = Path(folder)
     tmp, old = out.with_name(out.name + ".saving"), out.with_name(out.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if in_place:
-        shutil.rmtree(out, ignore_errors=True)
-    sd.pipeline().save_pretrained(tmp, safe_serialization=True)
+    with written_whole(tmp, what=f"the model to {out}"):
+        if in_place:
+            shutil.rmtree(out, ignore_errors=True)
+        sd.pipeline().save_pretrained(tmp, safe_serialization=True)
+        forget_local_paths(tmp)
     if out.exists():
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def written_whole(tmp: Path, what: str):
+    """Write into the folder `tmp` (made afresh); if anything fails (a full disk, a folder that
+    vanished: an OSError, or safetensors' own error), remove it and raise one clear message."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        yield
+    except (OSError, SafetensorError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DreamlabError(f"could not write {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                            "Is the disk full, or the folder gone? Nothing half-written was left.") from None
+
+
+def forget_local_paths(folder: Path) -> None:
+    """diffusers and transformers note in each config.json the folder the model was loaded from
+    ("_name_or_path": "/home/you/..." or a cache path): not worth publishing, so it goes."""
+    for config in Path(folder).rglob("*.json"):
+        values = json.loads(config.read_text())
+        if isinstance(values, dict) and "_name_or_path" in values and not is_hub_id(values["_name_or_path"]):
+            del values["_name_or_path"]
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict | None = None) -> Path:
@@ -56,11 +84,16 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict | N
     if path.suffix != ".safetensors":
         raise DreamlabError(f"{path}: give a file name ending in .safetensors "
                             "(the only weight format written here: it cannot hide code, unlike .ckpt)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    # safetensors wants plain, contiguous CPU tensors, each with its own memory
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # safetensors wants plain, contiguous CPU tensors, each with its own memory
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
+    except (OSError, SafetensorError) as e:
+        tmp.unlink(missing_ok=True)
+        raise DreamlabError(f"could not write {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                            "Is the disk full, or the folder gone?") from None
     return path
 
 
@@ -309,7 +342,7 @@ def save_single_file(sd: StableDiffusion, path, half: bool = True) -> Path:
 
 CARD_TEXT = """# {title}
 
-DreamBooth fine-tune of [{base}]({base_link}) on photos of one subject, bound to the prompt
+DreamBooth fine-tune of {base} on photos of one subject, bound to the prompt
 **`{instance_prompt}`**{how}. Made with dreamlab.{progress}
 
 {samples}## Use it with diffusers
@@ -347,6 +380,12 @@ def is_hub_id(name: str) -> bool:
             and not Path(name).exists())
 
 
+def model_name(model: str) -> str:
+    """A base model as a card may name it: its Hub id, or "a local model" (a folder on the
+    trainer's machine means nothing to a reader, and may say more about that machine than wanted)."""
+    return model if is_hub_id(model) else "a local model"
+
+
 def public_settings(settings) -> dict:
     """The settings worth showing in a card: local paths (the photos, the output, checkpoints)
     mean nothing to its readers, and may say more about the trainer's machine than wanted."""
@@ -354,6 +393,7 @@ def public_settings(settings) -> dict:
         return {k: v for k, v in values.items() if not k.endswith("_dir") and k != "resume_from"}
 
     values = public(settings.to_dict())
+    values["model"] = model_name(values["model"])
     if values.get("more_subjects"):
         values["more_subjects"] = [public(s) if isinstance(s, dict) else s for s in values["more_subjects"]]
     return values
@@ -394,11 +434,12 @@ def write_model_card(folder, settings, images=None, base_model: str | None = Non
     repo = repo_id or f"your-name/{folder.resolve().name}"
     text = CARD_TEXT.format(
         title=f"DreamBooth{' LoRA' if lora else ''}: {settings.instance_prompt}",
-        base=base, base_link=f"https://huggingface.co/{base}" if is_hub_id(base) else base,
+        base=f"[{base}](https://huggingface.co/{base})" if is_hub_id(base) else "a local model",
         instance_prompt=settings.instance_prompt, progress=progress(steps),
         how=" with LoRA adapters (load them on top of the base model)" if lora else "",
         samples="".join(f"![{prompt}]({s})\n" for s in samples) + ("\n" if samples else ""),
-        load=(LOAD_LORA.format(model=base, repo=repo) + (LOAD_WORD.format(repo=repo) if word else "")
+        load=(LOAD_LORA.format(model=base if is_hub_id(base) else "path/to/the/base-model", repo=repo)
+              + (LOAD_WORD.format(repo=repo) if word else "")
               if lora else LOAD.format(model=repo)),
         settings="\n".join(rows))
     path = folder / "README.md"
@@ -430,7 +471,8 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool = 
         url = create_repo(repo_id, token=token, private=private, exist_ok=True)
         upload_folder(repo_id=repo_id, folder_path=folder, token=token,
                       commit_message="Upload DreamBooth model from dreamlab",
-                      ignore_patterns=[".saving-*", "*.tmp"])  # what an interrupted save left
+                      # what an interrupted save left, and the run's record (your photos' file names)
+                      ignore_patterns=[".saving-*", "*.tmp", "training.json"])
     except Exception as e:  # no network, no or read-only token, a name taken by someone else...
         raise DreamlabError(f"could not upload {folder} to {repo_id!r}: {type(e).__name__}: "
                             f"{str(e).splitlines()[0][:300]}. Check the connection and that the "

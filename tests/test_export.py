@@ -207,3 +207,61 @@ def test_model_card_metadata_and_samples_read_back(tmp_path):
 def test_push_to_hub_wants_a_card_first(tmp_path):
     with pytest.raises(DreamlabError, match="README.md"):
         push_to_hub(tmp_path, "me/model")
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_nothing_written_for_sharing_names_a_local_folder_or_keeps_exif(lora, tmp_path, offline_path,
+                                                                         dreambooth_photos):
+    """A run on a local base model and the learner's photos: the model folder, its card, configs,
+    samples and exports never hold the machine's paths (`dreamlab push` would publish them), and
+    no picture written carries EXIF (a phone photo's GPS position)."""
+    from dreamlab import train
+    from dreamlab.cli import main
+
+    photos = tmp_path / "my photos"
+    photos.mkdir()
+    for source in sorted((dreambooth_photos / "dog").iterdir())[:2]:  # with their camera's EXIF
+        (photos / source.name).write_bytes(source.read_bytes())
+    s = Settings(model=offline_path, instance_dir=str(photos), output_dir=str(tmp_path / "out"),
+                 class_dir=str(tmp_path / "class"), num_class_images=2, resolution=64, max_train_steps=2,
+                 device="cpu", num_inference_steps=2, validation_prompts=["a photo of sks dog"],
+                 validation_steps=1, num_validation_images=1, lora=lora, learning_rate=1e-4)
+    result = train(s)
+    flag = ["--kohya-lora", str(tmp_path / "out" / "kohya.safetensors"), "--base", offline_path] if lora \
+        else ["--single-file", str(tmp_path / "out" / "single.safetensors")]
+    assert main(["export", "--model", str(result.output_dir.parent if lora else result.output_dir),
+                 *flag]) == 0
+    private = [str(tmp_path), offline_path, str(photos), str(dreambooth_photos)]
+    written = [*(tmp_path / "out").rglob("*"), *(tmp_path / "out-samples").rglob("*")]
+    assert len(written) >= 8  # weights, configs or adapters, card, samples, exports
+    for path in written:
+        if path.is_file() and path.name != "training.json":  # (stays local: push_to_hub leaves it)
+            text = path.read_bytes()
+            assert not [p for p in private if p.encode() in text], f"{path} names a local folder"
+        if path.suffix == ".png":
+            assert not Image.open(path).getexif(), f"{path} carries EXIF"
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "a local model" in card
+
+
+def test_a_full_disk_while_saving_leaves_the_old_model_and_no_half_written_folder(sd, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    out = save_diffusers(sd, tmp_path / "model")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    real = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, *args, **kwargs):
+        if "unet" in str(filename):  # the disk fills up half way through the save
+            raise safetensors.SafetensorError("Error while serializing: IoError(No space left on device)")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(DreamlabError, match="could not write the model.*No space left.*Nothing half-written"):
+        save_diffusers(sd, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no model.saving left behind
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # the old model is whole
+    monkeypatch.setattr("dreamlab.export.save_file", lambda *a, **k: full_disk({}, "unet"))
+    with pytest.raises(DreamlabError, match="could not write .*single.safetensors.*disk full"):
+        save_single_file(sd, tmp_path / "single.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
