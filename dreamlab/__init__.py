@@ -1,5 +1,6 @@
 """dreamlab: DreamBooth for Stable Diffusion, the code behind the course's notebooks."""
 
+from . import quiet  # noqa: F401  (first: it quiets a library note before the libraries load)
 from .class_images import generate_class_images
 from .data import DreamBoothDataset, collate, list_images
 from .errors import DreamlabError

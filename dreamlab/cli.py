@@ -107,9 +107,13 @@ def main(argv: list[str] | None = None) -> int:
             values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
             keys = ("instance_dir", "instance_prompt", "class_dir", "class_prompt")
             values["more_subjects"] = [dict(zip(keys, subject)) for subject in values["more_subjects"]]
-            result = train(Settings(**values))
-            if result.output_dir:
-                print(f"saved the fine-tuned model to {result.output_dir}")
+            settings = Settings(**values)
+            result = train(settings)
+            if result.output_dir and result.stopped_early:
+                print(f"stopped at step {result.step} of {settings.max_train_steps}: saved the model trained "
+                      f"so far to {result.output_dir} (unfinished; --resume-from latest goes on)")
+            elif result.output_dir:
+                print(f"saved the fine-tuned model ({result.step} steps) to {result.output_dir}")
         elif args.command == "sample":
             import torch
 

@@ -4,42 +4,45 @@
 - class images: pictures of the subject's class made by the base model itself ("a photo of a
   dog"; class_images.py draws them). Training on them too ("prior preservation") keeps the
   model's idea of the class intact.
+
+How a photo file is read (formats, sizes, captions, what is skipped and why) is in photos.py.
 """
 
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import DreamlabError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from .photos import IMAGE_SUFFIXES, Unreadable, is_image_file, is_system_file, read_caption, read_image, scan
 
 
 def list_images(folder, what: str = "image") -> list[Path]:
-    """The image files in `folder`, sorted; a clear error when there are none."""
+    """The image files in `folder`, sorted (system files and folders left out); a clear error when
+    there are none. For class images; the learner's photos go through `photos.scan`, which also
+    reads them and says which it skips and why."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DreamlabError(f"{what} folder {folder} does not exist (or is not a folder).")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not files:
-        others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        others = sorted(p.name for p in folder.iterdir() if not is_system_file(p))
         seen = f" It holds: {', '.join(others[:5])}." if others else " It is empty."
         raise DreamlabError(f"{what} folder {folder} has no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}).{seen}")
     return files
 
 
-def open_image(path) -> Image.Image:
-    """Open a photo upright (phones store rotation in EXIF) and in RGB."""
+def open_image(path, resolution: int | None = None) -> Image.Image:
+    """Open a photo (a path or an open file) upright (phones store rotation in EXIF) and in 8-bit
+    RGB, whatever it was stored as (photos.py says how). With `resolution`, decoded at reduced size
+    and shrunk so its short side is `resolution`."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DreamlabError(f"cannot read image {path}: {e}. Remove or replace that file.") from None
+        return read_image(path, resolution)[0]
+    except Unreadable as why:
+        raise DreamlabError(f"cannot read image {path}: {why}") from None
 
 
 def resize_and_crop(image: Image.Image, size: int, center: bool = True,
@@ -80,13 +83,25 @@ def caption_of(image_file: Path, default: str) -> str:
     """A `.txt` beside a photo (dog1.jpg -> dog1.txt) replaces the instance prompt for that photo:
     "a photo of sks dog on a sofa" tells the model what in the photo is *not* the subject."""
     caption = Path(image_file).with_suffix(".txt")
-    if not caption.exists():
+    if not caption.is_file():
         return default
-    text = caption.read_text(encoding="utf-8").strip()
-    if not text:
-        raise DreamlabError(f"caption file {caption} is empty: write a prompt in it, or delete it "
-                            f"to use the instance prompt {default!r}.")
-    return text
+    try:
+        return read_caption(caption)
+    except Unreadable as why:
+        raise DreamlabError(f"caption file {caption} {why} (instance prompt: {default!r}).") from None
+
+
+def _check_readable(files: list[Path], what: str) -> None:
+    """Decode every file once; one error naming all those that cannot be read."""
+    bad = []
+    for path in files:
+        try:
+            read_image(path)
+        except Unreadable as why:
+            bad.append(f"  {path.name}: {why}")
+    if bad:
+        raise DreamlabError(f"{what} folder {files[0].parent}: {len(bad)} image(s) cannot be read:\n"
+                            + "\n".join(bad))
 
 
 class DreamBoothDataset(Dataset):
@@ -100,22 +115,17 @@ class DreamBoothDataset(Dataset):
         self.resolution, self.center_crop = resolution, center_crop
         # Random crops depend only on (seed, epoch, index): a resumed run sees the same ones.
         self.seed, self.epoch = seed, 0
-        self.instance_files = list_images(instance_dir, "instance")
-        # Photos are decoded and shrunk once: a 4000 px JPEG takes longer to decode than a step.
-        self.instance_images = [self._shrink(open_image(p)) for p in self.instance_files]
-        self.instance_prompts = [caption_of(p, instance_prompt) for p in self.instance_files]
+        # The same reading as the report that `dreamlab train` prints: the same photos used and
+        # skipped. Each is decoded once, at reduced size: a 4000 px JPEG decodes slower than a step.
+        self.report = scan(instance_dir, resolution, tokenizer, "instance").check()
+        self.instance_files = [photo.path for photo in self.report.photos]
+        self.instance_images = [photo.image for photo in self.report.photos]
+        self.instance_prompts = [photo.caption or instance_prompt for photo in self.report.photos]
         self.instance_ids = [tokenize(tokenizer, prompt) for prompt in self.instance_prompts]
         self.class_files = list_images(class_dir, "class") if class_dir is not None else []
         if self.class_files:
-            for p in self.class_files:  # fail now, naming the file, rather than mid-training
-                open_image(p)
+            _check_readable(self.class_files, "class")  # fail now, naming the files, not mid-training
             self.class_ids = tokenize(tokenizer, class_prompt)
-
-    def _shrink(self, image: Image.Image) -> Image.Image:
-        w, h = image.size
-        scale = self.resolution / min(w, h)
-        return image if scale >= 1 else image.resize((round(w * scale), round(h * scale)),
-                                                      Image.Resampling.LANCZOS)
 
     def _prepare(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
         return to_tensor(resize_and_crop(image, self.resolution, self.center_crop, rng))

@@ -25,23 +25,29 @@ def lesson_paths(patterns: list[str] | None = None) -> list[Path]:
     return paths
 
 
-def run_lesson(path: Path, out_dir: Path, output: Path | None = None, timeout: int = 900) -> Path:
-    """Execute one notebook offline; write the executed copy (and an HTML page) to out_dir.
+def run_lesson(path: Path, out_dir: Path, output: Path | None = None, timeout: int | None = None) -> Path:
+    """Execute one notebook offline; write the executed copy (and an HTML page) to out_dir, also
+    when a cell fails (the copy then shows the error at the cell where it stopped), and raise
+    LessonFailed then.
 
     `output` is the lessons' dreamlab.OUTPUT (class images, fine-tuned model), shared by
-    lessons run one after another; default $DREAMLAB_OUTPUT, else out_dir/output.
+    lessons run one after another; default $DREAMLAB_OUTPUT, else out_dir/output. `timeout`:
+    seconds a cell may take (None: no limit, so that a slow or busy machine is only slow).
     """
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = dict(os.environ)
     os.environ.update(DREAMLAB_OFFLINE="1", DREAMLAB_OUTPUT=str(output or os.environ.get("DREAMLAB_OUTPUT")
                                                           or out_dir / "output"))
+    nb, failure = nbformat.read(path, as_version=4), None
     try:  # the kernel inherits this process's environment
-        nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent)}}).execute()
+    except (CellExecutionError, DeadKernelError, TimeoutError) as e:
+        failure = e
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -54,22 +60,42 @@ def run_lesson(path: Path, out_dir: Path, output: Path | None = None, timeout: i
         executed.with_suffix(".html").write_text(html, encoding="utf-8")
     except ImportError:
         pass  # the executed .ipynb holds the same pictures
+    if failure is not None:
+        raise LessonFailed(executed, failure)
     return executed
+
+
+class LessonFailed(Exception):
+    """A lesson stopped at a cell: `executed` is its copy, which shows where and why."""
+
+    def __init__(self, executed: Path, error: Exception):
+        self.executed, self.error = executed, error
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        super().__init__(f"{executed.name} stopped: {(lines or [type(error).__name__])[-1][:300]}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("lessons", nargs="*", help="parts of lesson file names (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "lessons")
+    parser.add_argument("--cell-timeout", type=int, default=None,
+                        help="seconds a cell may take (default: no limit)")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
+    start, summary = time.perf_counter(), []
     for path in lesson_paths(args.lessons):
         t = time.perf_counter()
-        executed = run_lesson(path, args.out)
-        print(f"{path.name}: {time.perf_counter() - t:.0f} s -> {executed}", flush=True)
-    print(f"all lessons: {time.perf_counter() - start:.0f} s. Open the .html files in a browser, "
-          f"or the .ipynb files in Jupyter.")
-    return 0
+        try:  # each lesson is written as it finishes; a failed one too, and the next one still runs
+            executed = run_lesson(path, args.out, timeout=args.cell_timeout)
+            seconds = time.perf_counter() - t
+            summary.append(f"{path.name}: ok, {seconds:.0f} s -> {executed.with_suffix('.html')}")
+        except LessonFailed as e:
+            summary.append(f"{path.name}: FAILED after {time.perf_counter() - t:.0f} s ({e}); "
+                           f"see {e.executed.with_suffix('.html')}")
+        print(summary[-1], flush=True)
+    print(f"\nall lessons: {time.perf_counter() - start:.0f} s")
+    print("\n".join(summary))
+    print("Open the .html files in a browser, or the .ipynb files in Jupyter.")
+    return 1 if any(": FAILED" in line for line in summary) else 0
 
 
 if __name__ == "__main__":

@@ -64,6 +64,21 @@ def resolve_model_name(model: str) -> str:
     return model
 
 
+def check_model_name(model) -> str:
+    """A local folder in diffusers layout, or something that can be a hub id ('owner/name'): the
+    name to load (old ids renamed, folders expanded), or a DreamlabError saying what is wrong. It
+    reads nothing but the folder's listing, so it is checked before anything slow."""
+    model = resolve_model_name(str(model))
+    local = Path(model).expanduser()
+    if local.exists():
+        check_model_folder(local)
+        return str(local)
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise DreamlabError(f"model {model!r}: no such folder, and not a hub id of the form "
+                            f"'owner/name' (e.g. {SD15!r}).")
+    return model
+
+
 def check_model_folder(folder: Path) -> None:
     missing = [p for p in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
                if not (folder / p).exists()]
@@ -122,15 +137,8 @@ def load_model(model: str = SD15, revision: str | None = None, dtype: torch.dtyp
     weights' precision: float16 halves memory on a GPU for inference; training keeps the
     weights it updates in float32 (see train.py).
     """
-    model = resolve_model_name(str(model))
-    local = Path(model).expanduser()
-    if local.exists():
-        check_model_folder(local)
-        model = str(local)
-    elif model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise DreamlabError(f"model {model!r}: no such folder, and not a hub id of the form "
-                            f"'owner/name' (e.g. {SD15!r}).")
-    else:
+    model = check_model_name(model)
+    if not Path(model).exists():
         model = download(model, revision)
     try:
         parts = StableDiffusion(

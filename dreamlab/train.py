@@ -21,7 +21,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 from tqdm.auto import tqdm
 
-from . import checkpoints
+from . import checkpoints, preflight
 from .cache import cache_dataset
 from .class_images import generate_class_images
 from .data import collate, set_epoch, subjects_dataset
@@ -106,7 +106,7 @@ def prepare_class_images(s: Settings, sd: StableDiffusion, accelerator: Accelera
                 generate_class_images(sd.pipeline(), subject.class_dir, subject.class_prompt,
                                       s.num_class_images, batch_size=s.sample_batch_size,
                                       resolution=s.resolution, num_inference_steps=s.num_inference_steps,
-                                      guidance_scale=s.guidance_scale, seed=s.seed)
+                                      guidance_scale=s.guidance_scale, seed=s.seed, model=s.model)
     accelerator.wait_for_everyone()
 
 
@@ -231,7 +231,8 @@ def train(s: Settings, sd: StableDiffusion | None = None, on_step=None, on_sampl
     `on_step(step, logs)` is called after every optimiser step (the live loss plot uses it),
     `on_sample(step, images)` after every set of validation samples. Afterwards the only model
     left in memory is the one in the result: a second train() needs no more memory than the first."""
-    s.validate()
+    for report in preflight.check(s):  # settings, photos, folders: before anything slow
+        print(report)
     free_memory()  # what an earlier run left in reference cycles would hold on to its GPU memory
     try:
         return run(s, sd, on_step, on_sample, save)

@@ -21,7 +21,7 @@ def test_train_then_sample_from_the_command_line(tmp_path, offline_path, dreambo
                str(dreambooth_photos / "dog"), "--class-dir", str(tmp_path / "class"),
                "--output-dir", str(out), *TRAIN_FLAGS)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"saved the fine-tuned model to {out}" in done.stdout
+    assert f"saved the fine-tuned model (3 steps) to {out}" in done.stdout
     assert len(list((tmp_path / "class").glob("*.png"))) == 2  # prior preservation is on by default
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
 

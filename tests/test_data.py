@@ -80,8 +80,10 @@ def test_empty_folder_is_named(tmp_path, sd):
 
 def test_folder_without_images_is_named(tmp_path, sd):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(DreamlabError, match=f"{tmp_path} has no images.*notes.txt"):
+    with pytest.raises(DreamlabError, match=f"(?s){tmp_path} has no images.*notes.txt: a text file"):
         DreamBoothDataset(tmp_path, "a photo of sks dog", sd.tokenizer)
+    with pytest.raises(DreamlabError, match=f"{tmp_path} has no images.*It holds: notes.txt"):
+        list_images(tmp_path)
 
 
 def test_missing_folder_is_named(tmp_path, sd):
@@ -89,16 +91,24 @@ def test_missing_folder_is_named(tmp_path, sd):
         DreamBoothDataset(tmp_path / "nope", "a photo of sks dog", sd.tokenizer)
 
 
-def test_a_file_that_is_not_an_image_is_named(tmp_path, sd, dreambooth_photos):
+def test_a_file_that_is_not_an_image_is_skipped_and_named(tmp_path, sd, dreambooth_photos):
     (tmp_path / "00.jpg").write_bytes((dreambooth_photos / "dog" / "00.jpg").read_bytes())
     (tmp_path / "01.jpg").write_text("this is not a jpeg")
-    with pytest.raises(DreamlabError, match=r"cannot read image .*01\.jpg"):
+    ds = DreamBoothDataset(tmp_path, "a photo of sks dog", sd.tokenizer, 64)  # the other photo is used
+    assert ds.instance_files == [tmp_path / "00.jpg"] and len(ds) == 1
+    assert [(p.name, why.split(" (")[0]) for p, why in ds.report.skipped] == [
+        ("01.jpg", "not an image that can be read here")]
+    (tmp_path / "00.jpg").unlink()
+    with pytest.raises(DreamlabError, match=r"(?s)has no images that can be used.*01\.jpg: not an image"):
         DreamBoothDataset(tmp_path, "a photo of sks dog", sd.tokenizer)
+    with pytest.raises(DreamlabError, match=r"cannot read image .*01\.jpg"):
+        open_image(tmp_path / "01.jpg")
 
 
-def test_a_bad_class_image_is_named_before_training(tmp_path, sd, dreambooth_photos):
+def test_bad_class_images_are_named_before_training(tmp_path, sd, dreambooth_photos):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(DreamlabError, match="broken.png"):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DreamlabError, match="2 image.*cannot be read:\n  broken.png: .*\n  empty.png: "):
         DreamBoothDataset(dreambooth_photos / "dog", "a photo of sks dog", sd.tokenizer,
                           class_dir=tmp_path, class_prompt="a photo of a dog")
 

@@ -66,3 +66,19 @@ def test_lesson_runs_offline_and_shows_pictures(path, tmp_path, lesson_output):
     pictures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pictures) >= 3, f"{path.name} shows only {len(pictures)} pictures"
     assert (tmp_path / path.with_suffix(".html").name).exists()
+
+
+def test_a_failing_lesson_is_written_with_its_error_and_the_next_ones_still_run(tmp_path, monkeypatch):
+    from dreamlab import lessons
+
+    for name, cells in [("01_fine.ipynb", ["print('one')"]),
+                        ("02_broken.ipynb", ["print('two')", "raise ValueError('failed here')", "print(3)"]),
+                        ("03_fine.ipynb", ["print('three')"])]:
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]),
+                       tmp_path / name)
+    monkeypatch.setattr(lessons, "NOTEBOOKS", tmp_path)
+    out = tmp_path / "out"
+    assert lessons.main(["--out", str(out)]) == 1
+    broken = nbformat.read(out / "02_broken.ipynb", as_version=4)
+    assert broken.cells[1].outputs[0].ename == "ValueError" and not broken.cells[2].outputs
+    assert (out / "02_broken.html").exists() and (out / "03_fine.ipynb").exists()
