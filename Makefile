@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (Python 3.10+ with venv):
-#   make lessons   run the lessons offline on the CPU -> build/lessons/*.html and *.ipynb
+#   make lessons   run the lessons offline on the CPU, English and Portuguese -> build/lessons/
 #   make test      run the tests (notebooks included)
 # Both first make .venv with the CPU build of torch and the package (once).
 
@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml
 lessons: $(VENV)/.installed
 	$(PY) -m dreamlab.lessons
 
-test: $(VENV)/.installed
-	$(PY) -m pytest -q
+test: $(VENV)/.installed  # two workers, a test file each: the lessons, the Colab rehearsal side by side
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

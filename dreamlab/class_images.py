@@ -52,9 +52,9 @@ def generate_class_images(pipeline, class_dir, class_prompt: str, num_images: in
         record = {"prompt": class_prompt, "model": model, "drawn": []}
         if have:
             record["found"] = f"{len(have)} images were already there (their model not recorded)"
-    write_record(class_dir, record)
+        write_record(class_dir, record)
     missing = num_images - len(have)
-    if missing <= 0:
+    if missing <= 0:  # nothing written: a full folder may be shared read-only (a workshop's)
         return list_images(class_dir, "class")
 
     device = pipeline.unet.device

@@ -39,43 +39,54 @@ def check(s: Settings, tokenizer=None) -> list:
 
 
 def folders_written(s: Settings) -> dict[Path, int]:
-    """The folders a run writes to, and (roughly) how many bytes it writes into each."""
+    """The folders a run writes to, and (roughly) how many bytes it adds to each at its peak."""
     from .runs import checkpoint_dir, samples_dir
 
-    weights = trained = parameters(s)
+    weights, trained = parameters(s)
     if s.lora:
         trained = 0.002 * weights  # the adapters: about a thousandth of the weights at rank 4 to 8
     model = (2 if s.save_precision == "fp16" else 4) * (trained if s.lora else weights)
     checkpoint = (2 if s.compact_checkpoints else 12) * trained  # fp16 weights, or fp32 + Adam's two moments
     written = {Path(s.output_dir): int(model)}
-    if s.checkpointing_steps:  # while a new one is written, the last ones are still there
-        written[checkpoint_dir(s)] = int(checkpoint * (s.checkpoints_total_limit + 1))
+    if s.checkpointing_steps:  # while a new one is written, the last one is still there
+        count = s.max_train_steps // s.checkpointing_steps - (1 if s.compact_checkpoints else 0)
+        kept = min(max(count, 0), s.checkpoints_total_limit + 1)  # compact: none at the last step
+        written[checkpoint_dir(s)] = int(checkpoint * kept)
     if s.validation_steps:
         written[samples_dir(s)] = 0
     if s.prior_preservation:
         for subject in s.subjects():
-            written[Path(subject.class_dir)] = int(s.num_class_images * CLASS_IMAGE_BYTES_PER_PIXEL
+            missing = s.num_class_images - len(list_images_quietly(Path(subject.class_dir)))
+            written[Path(subject.class_dir)] = int(max(missing, 0) * CLASS_IMAGE_BYTES_PER_PIXEL
                                                    * s.resolution ** 2)
     return written
 
 
-def parameters(s: Settings) -> int:
-    """The trained model's parameter count (UNet, text encoder, VAE), from its configs; 0 when the
-    model cannot be known without downloading it (a hub id other than SD 1.5)."""
+def list_images_quietly(folder: Path) -> list[Path]:
+    return list(folder.glob("*.png")) if folder.is_dir() else []
+
+
+def parameters(s: Settings) -> tuple[int, int]:
+    """The model's parameter count (UNet, text encoder, VAE) and the trained part's, from its
+    configs; (0, 0) when the model cannot be known without downloading it (a hub id other than SD 1.5)."""
     from . import memory
 
     try:
         sd = memory.meta_model(s.model)
     except DreamlabError:
-        return 0
-    return sum(p.numel() for part in (sd.unet, sd.text_encoder, sd.vae) for p in part.parameters())
+        return 0, 0
+    count = {part: sum(p.numel() for p in getattr(sd, part).parameters())
+             for part in ("unet", "text_encoder", "vae")}
+    trained = count["unet"] + (count["text_encoder"] if s.text_encoder_trains else 0)
+    return sum(count.values()), trained
 
 
 def check_folders(s: Settings) -> None:
     """Each folder can be made and written to, and each disk has room for what goes on it."""
     need_on_disk: dict[int, tuple[int, Path]] = {}
     for folder, nbytes in folders_written(s).items():
-        writable(folder)
+        if nbytes or not is_class_dir(s, folder):  # a full class folder is only read (it may be shared)
+            writable(folder)
         disk = existing_parent(folder)
         device = disk.stat().st_dev
         total, _ = need_on_disk.get(device, (0, disk))
@@ -86,6 +97,10 @@ def check_folders(s: Settings) -> None:
             raise DreamlabError(f"the disk of {disk} has {free / 1e9:.1f} GB free, and this run writes about "
                                 f"{need / 1e9:.1f} GB there (model, checkpoints, class images): free some "
                                 "space, or choose another output_dir / class_dir")
+
+
+def is_class_dir(s: Settings, folder: Path) -> bool:
+    return s.prior_preservation and any(Path(subject.class_dir) == folder for subject in s.subjects())
 
 
 def existing_parent(folder: Path) -> Path:

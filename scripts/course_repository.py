@@ -22,15 +22,25 @@ ROOT = Path(__file__).resolve().parent.parent
 URL_LINE = re.compile(r'^Repository = "https://github\.com/([\w.-]+/[\w.-]+)(?:/tree/([\w./-]+))?"$', re.M)
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w./-]+?/notebooks/")
+# Links to the course's pages (the glossary, the workshop kit): absolute, since Colab opens a
+# lesson alone, without the repository around it
+DOCS_LINK = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+/blob/[\w./-]+?/docs/")
 
 INSTALL_CELL = '''\
-# On Colab: install the course's package (its code, the toy model, the sample photos) into this
-# runtime. Colab's own torch, diffusers and transformers are used as they are; nothing is upgraded.
+# {comment}
 import sys
 
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
     %pip install -q "dreamlab @ git+https://github.com/{repository}@{ref}"'''
+INSTALL_COMMENT = {
+    "en": ("On Colab: install the course's package (its code, the toy model, the sample photos) into this\n"
+           "# runtime. Colab's own torch, diffusers and transformers are used as they are; nothing is "
+           "upgraded."),
+    "pt-BR": ("No Colab: instala o pacote do curso (o código, o modelo de brinquedo, as fotos de exemplo)\n"
+              "# neste ambiente. O torch, o diffusers e o transformers do Colab ficam como estão: nada é "
+              "atualizado."),
+}
 
 
 def repository(pyproject: Path = ROOT / "pyproject.toml") -> tuple[str, str]:
@@ -42,6 +52,7 @@ def repository(pyproject: Path = ROOT / "pyproject.toml") -> tuple[str, str]:
 
 
 def colab_link(repo: str, ref: str, notebook: str) -> str:
+    """`notebook`: its path under notebooks/ ("01_....ipynb", "pt-BR/01_....ipynb")."""
     return f"https://colab.research.google.com/github/{repo}/blob/{ref}/notebooks/{notebook}"
 
 
@@ -49,33 +60,46 @@ def badge(repo: str, ref: str, notebook: str) -> str:
     return f"[![Open In Colab]({BADGE_IMAGE})]({colab_link(repo, ref, notebook)})"
 
 
-def install_cell(repo: str, ref: str) -> str:
-    return INSTALL_CELL.format(repository=repo, ref=ref)
+def install_cell(repo: str, ref: str, language: str = "en") -> str:
+    return INSTALL_CELL.format(repository=repo, ref=ref, comment=INSTALL_COMMENT[language])
 
 
 def lesson_files() -> list[Path]:
-    return sorted((ROOT / "notebooks").glob("*.ipynb"))
+    notebooks = ROOT / "notebooks"
+    return sorted(notebooks.glob("*.ipynb")) + sorted((notebooks / "pt-BR").glob("*.ipynb"))
+
+
+def under_notebooks(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}" if path.parent.name == "pt-BR" else path.name
+
+
+def with_links(text: str, repo: str, ref: str) -> str:
+    text = COLAB_LINK.sub(colab_link(repo, ref, ""), text)
+    return DOCS_LINK.sub(f"https://github.com/{repo}/blob/{ref}/docs/", text)
 
 
 def update_notebook(path: Path, repo: str, ref: str) -> bool:
-    """Put the badge (last line of the first cell) and the install cell (the second) in place;
-    True when the file changed."""
+    """Put the badge (last line of the first cell), the install cell (the second) and the links
+    to the course's pages in place; True when the file changed."""
     nb = nbformat.read(path, as_version=4)
     intro = nb.cells[0].source.rstrip("\n").split("\n")
     if BADGE_IMAGE in intro[-1]:
         intro = intro[:-1]
-    intro = "\n".join(intro).rstrip("\n") + "\n\n" + badge(repo, ref, path.name)
-    install = install_cell(repo, ref)
-    if nb.cells[0].source == intro and nb.cells[1].source == install:
-        return False
+    intro = "\n".join(intro).rstrip("\n") + "\n\n" + badge(repo, ref, under_notebooks(path))
+    install = install_cell(repo, ref, "pt-BR" if path.parent.name == "pt-BR" else "en")
+    changed = nb.cells[0].source != intro or nb.cells[1].source != install
     nb.cells[0].source, nb.cells[1].source = intro, install
-    nbformat.write(nb, path)
-    return True
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and with_links(cell.source, repo, ref) != cell.source:
+            cell.source, changed = with_links(cell.source, repo, ref), True
+    if changed:
+        nbformat.write(nb, path)
+    return changed
 
 
 def update_readme(path: Path, repo: str, ref: str) -> bool:
     text = path.read_text(encoding="utf-8")
-    new = COLAB_LINK.sub(colab_link(repo, ref, ""), text)
+    new = with_links(text, repo, ref)
     if new != text:
         path.write_text(new, encoding="utf-8")
     return new != text
@@ -100,7 +124,8 @@ def main(argv=None) -> int:
         set_repository(repository()[0], args.ref)
     repo, ref = repository()
     changed = [p for p in lesson_files() if update_notebook(p, repo, ref)]
-    changed += [p for p in sorted(ROOT.glob("README*.md")) if update_readme(p, repo, ref)]
+    pages = sorted(ROOT.glob("README*.md")) + sorted((ROOT / "docs").rglob("*.md"))
+    changed += [p for p in pages if update_readme(p, repo, ref)]
     print(f"the course points at github.com/{repo} ({ref}); "
           f"{len(changed)} file(s) changed" + "".join(f"\n  {p.relative_to(ROOT)}" for p in changed))
     return 0

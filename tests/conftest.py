@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread each, the lessons' kernels too
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    import torch
+
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 # The public DreamBooth photos live beside the checkout (../shared/data/dreambooth).

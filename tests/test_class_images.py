@@ -61,6 +61,22 @@ def test_the_folder_records_prompt_and_model_and_the_same_pair_reuses_them(tmp_p
         generate_class_images(sd.pipeline(), folder, DOG, 3, resolution=128)
 
 
+def test_a_full_folder_is_only_read_so_a_workshop_can_share_it(tmp_path, sd, offline_path, monkeypatch):
+    """A room of learners uses the instructor's class images through a shared Drive folder: using a
+    full folder (drawing, and the checks before training) writes nothing into it."""
+    from dreamlab import preflight, toyworld
+
+    folder = tmp_path / "shared"
+    generate_class_images(sd.pipeline(), folder, DOG, 3, batch_size=3, **FAST)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    forbid_drawing(monkeypatch)
+    generate_class_images(sd.pipeline(), folder, DOG, 3, model=offline_path, **FAST)
+    s = toyworld.dreambooth_settings(model=offline_path, class_dir=str(folder), class_prompt=DOG,
+                                     num_class_images=3, output_dir=str(tmp_path / "out"))
+    preflight.check_folders(s)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
 def test_another_model_is_refused_naming_both(tmp_path, sd, offline_path):
     folder = tmp_path / "class"
     generate_class_images(sd.pipeline(), folder, DOG, 1, **FAST)
