@@ -136,7 +136,8 @@ def write_record(class_dir: Path, record: dict) -> None:
 def check_record(record: dict, class_dir: Path, class_prompt: str, model: str, resolution: int) -> None:
     """Refuse a folder whose images another prompt or another model made: they are that model's
     idea of that prompt, and prior preservation would pull the fine-tune towards it."""
-    same_prompt = record["prompt"].strip() == class_prompt.strip()
+    # SD's tokenizer lower-cases: "A photo of a dog" is the prompt the folder's images were drawn for
+    same_prompt = record["prompt"].strip().lower() == class_prompt.strip().lower()
     if not same_prompt or record["model"] not in (None, model):  # (None: not recorded back then)
         made = f"for {record['prompt']!r}" + (f" by {record['model']}" if record["model"] else "")
         raise DreamlabError(

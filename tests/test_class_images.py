@@ -75,6 +75,9 @@ def test_a_full_folder_is_only_read_so_a_workshop_can_share_it(tmp_path, sd, off
                                      num_class_images=3, output_dir=str(tmp_path / "out"))
     preflight.check_folders(s)
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    # and the prompt as a learner may type it: SD's tokenizer lower-cases, so it is the same prompt
+    typed = generate_class_images(sd.pipeline(), folder, DOG.capitalize(), 3, model=offline_path, **FAST)
+    assert len(typed) == 3
 
 
 def test_another_model_is_refused_naming_both(tmp_path, sd, offline_path):
