@@ -1,6 +1,7 @@
 """dreamlab: DreamBooth for Stable Diffusion, the code behind the course's notebooks."""
 
 from . import (  # noqa: F401
+    errors,
     exercises,  # the lessons' self-checking exercises (it loads no library)
     quiet,  # before any library: it quiets a library note
 )
@@ -29,3 +30,5 @@ __all__ = ["ASSETS", "OUTPUT", "DreamBoothDataset", "DreamlabError", "SD15", "Se
            "save_kohya_lora", "save_lora", "save_single_file", "set_language", "train", "training_step",
            "write_model_card"]
 __version__ = "0.1.0"
+
+errors.in_notebooks_say_only_the_message()

@@ -48,3 +48,22 @@ def test_a_missing_toy_model_says_reinstall(monkeypatch, tmp_path):
     monkeypatch.setattr(offline, "TOY_MODEL", tmp_path / "gone")
     problems = checkup.check_setup(tmp_path)
     assert len(problems) == 1 and "reinstall" in problems[0]
+
+
+def test_in_a_notebook_a_dreamlab_error_is_its_message_not_a_traceback(capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from dreamlab.errors import in_notebooks_say_only_the_message
+
+    shell = InteractiveShell.instance()
+    in_notebooks_say_only_the_message(shell)
+    result = shell.run_cell("from dreamlab import DreamlabError\n"
+                            "raise DreamlabError('photos/00.jpg cannot be read: export it as JPEG')")
+    assert isinstance(result.error_in_exec, Exception)  # the cell still fails: Run all stops there
+    shown = capsys.readouterr()
+    text = shown.out + shown.err
+    assert "DreamlabError: photos/00.jpg cannot be read: export it as JPEG" in text
+    assert "Traceback" not in text and "line " not in text
+    result = shell.run_cell("raise ValueError('a bug')")  # other errors keep their traceback
+    assert "Traceback" in "".join(capsys.readouterr())
+    InteractiveShell.clear_instance()
