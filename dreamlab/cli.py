@@ -14,13 +14,7 @@ import typing
 from .errors import DreamlabError
 from .settings import Settings
 
-
-def parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+SUBJECT_KEYS = ("instance_dir", "instance_prompt", "class_dir", "class_prompt")  # --more-subject's four
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +35,34 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper(),
                                 help=f"default: {f.default}")
+
+
+def settings_from_flags(args: argparse.Namespace) -> Settings:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
+    values["more_subjects"] = [dict(zip(SUBJECT_KEYS, subject)) for subject in values["more_subjects"]]
+    return Settings(**values)
+
+
+def command_line(settings: Settings) -> str:
+    """The `dreamlab train` command that runs these settings: a flag for each field that differs
+    from its default (settings_from_flags reads it back to the same Settings; a test checks)."""
+    import shlex
+
+    defaults, words = Settings().to_dict(), ["dreamlab", "train"]
+    for name, value in settings.to_dict().items():
+        flag = "--" + name.replace("_", "-")
+        if value == defaults[name]:
+            continue
+        if name == "more_subjects":
+            for subject in value:
+                words += ["--more-subject", *(str(subject[k]) for k in SUBJECT_KEYS)]
+        elif isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list | tuple):
+            words += [flag, *map(str, value)]
+        elif value is not None:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def export_model(args) -> None:
@@ -74,6 +96,10 @@ def export_model(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run(make_parser().parse_args(argv))
+
+
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamlab", description="DreamBooth for Stable Diffusion")
     commands = parser.add_subparsers(dest="command", required=True)
     train_cmd = commands.add_parser("train", help="fine-tune a model on photos of a subject")
@@ -98,16 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     push_cmd.add_argument("--repo-id", required=True, help="your-name/model-name")
     push_cmd.add_argument("--private", action="store_true")
     commands.add_parser("offline-model", help="print the folder of the offline (toy) model")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "train":
             from .train import train
 
-            values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
-            keys = ("instance_dir", "instance_prompt", "class_dir", "class_prompt")
-            values["more_subjects"] = [dict(zip(keys, subject)) for subject in values["more_subjects"]]
-            settings = Settings(**values)
+            settings = settings_from_flags(args)
             result = train(settings)
             if result.output_dir and result.stopped_early:
                 print(f"stopped at step {result.step} of {settings.max_train_steps}: saved the model trained "

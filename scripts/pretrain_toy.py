@@ -281,6 +281,9 @@ tmp = out.with_name(out.name + ".tmp")
 shutil.rmtree(tmp, ignore_errors=True)
 for module in (vae, text_encoder, unet):
     module.half()  # float16 files, half the size; load_model reads them back as float32
+# ... and so does a plain StableDiffusionPipeline.from_pretrained(folder): diffusers makes its
+# models in float32, and transformers reads the text encoder in the dtype its config names
+text_encoder.config.dtype = torch.float32
 pipe = StableDiffusionPipeline(
     vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
     scheduler=PNDMScheduler(**SD_V1_SCHEDULE), safety_checker=None, feature_extractor=None,

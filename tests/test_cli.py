@@ -128,3 +128,24 @@ def test_two_processes_checkpoint_their_own_noise_and_resume_exactly(tmp_path, o
     shutil.copytree(step2, tmp_path / "resumed-checkpoints" / step2.name)
     resumed = launch(tmp_path / "resumed", "--resume-from", "latest")
     assert max((whole[k] - resumed[k]).abs().max().item() for k in whole) < 1e-6
+
+
+def test_command_line_gives_back_the_same_settings():
+    """Lesson 3 prints the command of its run: read back by the command line, it is the same run."""
+    import shlex
+
+    from dreamlab import Settings
+    from dreamlab.cli import command_line, make_parser, settings_from_flags
+
+    settings = Settings(instance_dir="my photos/dog", instance_prompt="a photo of sks dog",
+                        max_train_steps=250, learning_rate=2e-6, prior_preservation=False,
+                        gradient_checkpointing=True,
+                        validation_prompts=["a photo of sks dog on the beach", "sks dog, oil painting"],
+                        more_subjects=[dict(instance_dir="cat", instance_prompt="a photo of zwx cat",
+                                            class_dir="cats", class_prompt="a photo of a cat")])
+    line = command_line(settings)
+    words = shlex.split(line)
+    assert words[:2] == ["dreamlab", "train"] and "--no-prior-preservation" in words
+    assert "--lora" not in words  # only what differs from the defaults
+    assert settings_from_flags(make_parser().parse_args(words[1:])) == settings
+    assert command_line(Settings()) == "dreamlab train"

@@ -84,3 +84,13 @@ def test_the_toy_model_opens_exactly_as_sd_does(toy_path):
     image = dreamlab.generate(sd.pipeline(), ["a photo of a red ball on grass"], [0], resolution=64,
                               num_inference_steps=5)[0]
     assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize("folder", ["toy", "random"])
+def test_the_shipped_models_load_the_standard_way_on_a_cpu(folder, toy_path, offline_path):
+    """What a curious learner tries first: diffusers' own loader, no arguments, then a picture."""
+    pipe = StableDiffusionPipeline.from_pretrained(toy_path if folder == "toy" else offline_path)
+    assert {pipe.text_encoder.dtype, pipe.unet.dtype, pipe.vae.dtype} == {torch.float32}
+    image = pipe("a photo of a ball", num_inference_steps=2, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
