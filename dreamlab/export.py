@@ -9,7 +9,6 @@ Weights are written beside their target and renamed at the end, so an interrupte
 leaves a half-written model where a complete one was.
 """
 
-import contextlib
 import json
 import os
 import re
@@ -18,10 +17,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from .errors import DreamlabError
+from .files import write_safetensors, written_whole
 from .models import StableDiffusion
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights(folder) looks for
@@ -54,20 +52,6 @@ def save_diffusers(sd: StableDiffusion, folder, in_place: bool = False) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def written_whole(tmp: Path, what: str):
-    """Write into the folder `tmp` (made afresh); if anything fails (a full disk, a folder that
-    vanished: an OSError, or safetensors' own error), remove it and raise one clear message."""
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        yield
-    except (OSError, SafetensorError, RuntimeError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DreamlabError(f"could not write {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                            "Is the disk full, or the folder gone? Nothing half-written was left.") from None
-
-
 def forget_local_paths(folder: Path) -> None:
     """diffusers and transformers note in each config.json the folder the model was loaded from
     ("_name_or_path": "/home/you/..." or a cache path): not worth publishing, so it goes."""
@@ -76,25 +60,6 @@ def forget_local_paths(folder: Path) -> None:
         if isinstance(values, dict) and "_name_or_path" in values and not is_hub_id(values["_name_or_path"]):
             del values["_name_or_path"]
             config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
-
-
-def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict | None = None) -> Path:
-    """Write a .safetensors file through a temporary file, then rename it into place."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise DreamlabError(f"{path}: give a file name ending in .safetensors "
-                            "(the only weight format written here: it cannot hide code, unlike .ckpt)")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # safetensors wants plain, contiguous CPU tensors, each with its own memory
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
-    except (OSError, SafetensorError) as e:
-        tmp.unlink(missing_ok=True)
-        raise DreamlabError(f"could not write {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                            "Is the disk full, or the folder gone?") from None
-    return path
 
 
 # ----------------------------------------------------------------------------------------

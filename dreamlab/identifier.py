@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from .data import tokenize
 from .errors import DreamlabError
+from .files import write_safetensors
 
 
 def identifier_words(instance_prompt: str, class_prompt: str | None) -> list[str]:
@@ -71,8 +72,6 @@ IDENTIFIER_FILE = "identifier_embeddings.safetensors"
 
 def save_identifier(sd, subjects, folder) -> Path:
     """Write the identifier's learned vectors to `folder`/identifier_embeddings.safetensors."""
-    from .export import write_safetensors  # (here: export imports settings, which imports us)
-
     table = sd.text_encoder.get_input_embeddings().weight
     vectors = {sd.tokenizer.convert_ids_to_tokens(i): table[i].float()
                for i in identifier_token_ids(sd.tokenizer, subjects)}

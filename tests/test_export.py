@@ -261,7 +261,7 @@ def test_a_full_disk_while_saving_leaves_the_old_model_and_no_half_written_folde
         save_diffusers(sd, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no model.saving left behind
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # the old model is whole
-    monkeypatch.setattr("dreamlab.export.save_file", lambda *a, **k: full_disk({}, "unet"))
+    monkeypatch.setattr("dreamlab.files.save_file", lambda *a, **k: full_disk({}, "unet"))
     with pytest.raises(DreamlabError, match="could not write .*single.safetensors.*disk full"):
         save_single_file(sd, tmp_path / "single.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
