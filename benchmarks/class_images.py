@@ -1,11 +1,11 @@
 """Seconds per class image, dreamlab against diffusers' train_dreambooth.py, and what the sampler
 choice costs in picture quality, by the toy judge. One JSON line per configuration, then a summary.
 
-    python benchmarks/class_images.py --diffusers-script /tmp/train_dreambooth.py
+    python benchmarks/class_images.py --diffusers-script build/train_dreambooth.py
     python benchmarks/class_images.py        # without diffusers' script: its pipeline call only
 
 diffusers' script is not part of this repository; fetch it first, e.g.
-    curl -o /tmp/train_dreambooth.py https://raw.githubusercontent.com/huggingface/diffusers/\
+    mkdir -p build && curl -o build/train_dreambooth.py https://raw.githubusercontent.com/huggingface/diffusers/\
 58eb52c0803ea9af3abec60841c2a093bdf1f951/examples/dreambooth/train_dreambooth.py
 
 Speed. Per model ("small": SD's topology with random weights, 256 px; "toy": the toy model, 64
@@ -129,12 +129,11 @@ class ClassImagesDone(Exception):
 
 def import_script(path: str):
     """diffusers' script as a module (its `if __name__ == "__main__"` does not run)."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:  # a stand-in: its transforms serve only the training photos
-        stand_in = types.ModuleType("torchvision")
-        stand_in.transforms = types.ModuleType("torchvision.transforms")
-        sys.modules.update({"torchvision": stand_in, "torchvision.transforms": stand_in.transforms})
+    # A stand-in for torchvision, always: its transforms serve only the script's training photos, and
+    # torchvision from the registry does not import beside the CPU build of torch
+    stand_in = types.ModuleType("torchvision")
+    stand_in.transforms = types.ModuleType("torchvision.transforms")
+    sys.modules.update({"torchvision": stand_in, "torchvision.transforms": stand_in.transforms})
     spec = importlib.util.spec_from_file_location("train_dreambooth", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -45,9 +45,9 @@ def gpu_line(in_colab: bool, offline: bool, device: str) -> tuple[str, str]:
 
 
 def space_line(folder: Path, on_drive: bool) -> tuple[str, str]:
-    folder = Path(folder)
-    while not folder.exists():  # a folder the course has not made yet: ask its disk
-        folder = folder.parent
+    from .preflight import existing_parent
+
+    folder = existing_parent(folder)  # a folder the course has not made yet: ask its disk
     free = shutil.disk_usage(folder).free / 1e9
     needs = DRIVE_NEEDS_GB if on_drive else DISK_NEEDS_GB
     where = say("Drive", "Drive") if on_drive else say("disk", "disco")

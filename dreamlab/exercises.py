@@ -222,15 +222,16 @@ def lora_parameters(answer, lora_file) -> bool:
 
 
 def latest_checkpoint(answer, checkpoints) -> bool:
-    names = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("checkpoint-")
-                   and not p.name.endswith(".tmp")) if checkpoints.is_dir() else []
-    if not names:
+    from .checkpoints import find_checkpoint
+
+    latest = find_checkpoint("latest", checkpoints)  # what resume_from="latest" picks
+    if latest is None:
         return verdict(answer, False, say("No checkpoint is left: they are deleted once a model is saved whole.",
                                           "Não sobrou checkpoint: eles são apagados quando o modelo é salvo "
                                           "inteiro."), "")
-    return verdict(answer, str(answer) == names[-1],
+    return verdict(answer, str(answer) == latest.name,
                    say("The latest is the one with the highest step; `.tmp` folders are never used.",
                        "O mais recente é o de maior passo; pastas `.tmp` nunca são usadas."),
-                   say(f"{names[-1]}: resume_from='latest' goes on from there.",
-                       f"{names[-1]}: resume_from='latest' continua dali."))
+                   say(f"{latest.name}: resume_from='latest' goes on from there.",
+                       f"{latest.name}: resume_from='latest' continua dali."))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import DreamlabError
 from .models import check_model_name
-from .photos import scan
+from .photos import is_image_file, scan
 from .settings import Settings
 
 CLASS_IMAGE_BYTES_PER_PIXEL = 1.4  # a class image's PNG: 0.36 MB at 512 px (benchmarks/colab_budget.py)
@@ -56,14 +56,12 @@ def folders_written(s: Settings) -> dict[Path, int]:
         written[samples_dir(s)] = 0
     if s.prior_preservation:
         for subject in s.subjects():
-            missing = s.num_class_images - len(list_images_quietly(Path(subject.class_dir)))
-            written[Path(subject.class_dir)] = int(max(missing, 0) * CLASS_IMAGE_BYTES_PER_PIXEL
-                                                   * s.resolution ** 2)
+            folder = Path(subject.class_dir)
+            have = [p for p in folder.iterdir() if is_image_file(p)] if folder.is_dir() else []
+            missing = s.num_class_images - len(have)
+            if missing > 0:  # a full folder is only read: it may be shared read-only (a workshop's)
+                written[folder] = int(missing * CLASS_IMAGE_BYTES_PER_PIXEL * s.resolution ** 2)
     return written
-
-
-def list_images_quietly(folder: Path) -> list[Path]:
-    return list(folder.glob("*.png")) if folder.is_dir() else []
 
 
 def parameters(s: Settings) -> tuple[int, int]:
@@ -85,8 +83,7 @@ def check_folders(s: Settings) -> None:
     """Each folder can be made and written to, and each disk has room for what goes on it."""
     need_on_disk: dict[int, tuple[int, Path]] = {}
     for folder, nbytes in folders_written(s).items():
-        if nbytes or not is_class_dir(s, folder):  # a full class folder is only read (it may be shared)
-            writable(folder)
+        writable(folder)
         disk = existing_parent(folder)
         device = disk.stat().st_dev
         total, _ = need_on_disk.get(device, (0, disk))
@@ -97,10 +94,6 @@ def check_folders(s: Settings) -> None:
             raise DreamlabError(f"the disk of {disk} has {free / 1e9:.1f} GB free, and this run writes about "
                                 f"{need / 1e9:.1f} GB there (model, checkpoints, class images): free some "
                                 "space, or choose another output_dir / class_dir")
-
-
-def is_class_dir(s: Settings, folder: Path) -> bool:
-    return s.prior_preservation and any(Path(subject.class_dir) == folder for subject in s.subjects())
 
 
 def existing_parent(folder: Path) -> Path:

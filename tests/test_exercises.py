@@ -99,6 +99,7 @@ def test_lesson_5(capsys, tmp_path):
     answers(ex.lora_parameters, 2560, 1280, capsys, lora)
     for step in (50, 100, 150):
         (tmp_path / f"checkpoint-{step:06d}").mkdir()
+        (tmp_path / f"checkpoint-{step:06d}" / "state.json").write_text("{}")  # complete
     (tmp_path / "checkpoint-000200.tmp").mkdir()
     answers(ex.latest_checkpoint, "checkpoint-000150", "checkpoint-000200.tmp", capsys, tmp_path)
 
