@@ -28,3 +28,9 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf build output data/random-sd
+
+# The notebooks in a real browser: JupyterLab driven by Playwright with Debian's Chromium
+# (apt-get install chromium; Playwright's own browser download is not needed), screenshots -> build/browser/
+.PHONY: browser
+browser: $(VENV)/.installed
+	$(PY) -m pytest -q -p no:xdist tests/test_browser.py

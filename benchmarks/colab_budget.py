@@ -54,6 +54,8 @@ DISK_MB_PER_S = 50  # writing a file to Google Drive (or to the local disk)
 PIP_MINUTES = 0.5  # each lesson's first cell: pip install of the course's package
 LOAD_MINUTES = 0.5  # one load_model(): reading 2 to 4 GB of weights and moving them to the GPU
 HAND_STEP_MINUTES = 1.0  # lesson 3's step by hand in float32 (a few passes, one small AdamW per weight)
+# lesson 4's metrics: facebook/dino-vits16 and openai/clip-vit-base-patch32, in float32
+EMBEDDERS_GB = 0.09 + 0.61
 ESTIMATE_SECONDS = 3  # one memory-planner estimate on Colab's 2 CPU cores (2 to 5 s on this course's)
 # LoRA: a step is assumed to cost what a full fine-tune's step costs without gradient checkpointing
 # (conservative: LoRA computes no gradients for the frozen weights and has almost no optimizer step)
@@ -220,10 +222,20 @@ def lesson_3(sd15, drive: Drive, s) -> dict:
     sample = sampling(batch=s.sample_batch_size)
     # gpu_settings() on Drive: compact checkpoints (the trained weights in fp16, no optimizer state)
     checkpoint_gb = 2 * need["trained_params"] / GB
+    # cell 2: the dashboard's samples, 2 prompts x 1 picture at step 0 and every 200 steps, drawn
+    # beside the trained weights and Adam's state; autocast keeps an fp16 copy of each float32 weight
+    # it casts (the trained UNet's) until the pipeline returns
+    s = dataclasses.replace(s, validation_steps=200, num_validation_images=1, validation_prompts=["a", "b"])
+    shown = len(s.validation_prompts) * s.num_validation_images
+    during = sampling(batch=shown)
+    drawing_in_training = need["weights"] + need["optimizer"] + 2 * need["trained_params"] / 2**30 + max(
+        during["denoising"], during["decoding"])
     written = train_to_drive(drive, s, 0, s.max_train_steps, checkpoint_gb, sd15["fp16_gb"], 0)
+    validations = 1 + s.max_train_steps // s.validation_steps
     pictures = 4 * 4  # cell 45: 4 SAMPLE_PROMPTS x 4 seeds
     return dict(gpu={"the step by hand: float32, no savers (memory.step_by_hand)": hand,
                      f"train(): {saver_names(s)}": need["total"],
+                     f"train() drawing its {shown} samples": drawing_in_training,
                      "the fine-tuned model in fp16, drawing": sample["total"]},
                 local=sd15["download_gb"],
                 minutes={"pip install": PIP_MINUTES, "download SD 1.5": sd15["download_minutes"],
@@ -231,6 +243,8 @@ def lesson_3(sd15, drive: Drive, s) -> dict:
                          "the step by hand (assumed)": HAND_STEP_MINUTES,
                          f"train {s.max_train_steps} steps": training_minutes(s, s.max_train_steps),
                          "write checkpoints and the model to Drive": write_minutes(written),
+                         f"draw {validations} x {shown} samples while training":
+                             validations * sampling_minutes(shown, shown, s.num_inference_steps),
                          f"draw {pictures} pictures": sampling_minutes(pictures, s.sample_batch_size,
                                                                        s.num_inference_steps)})
 
@@ -245,7 +259,8 @@ def lesson_4(sd15, drive: Drive, s) -> dict:
     pictures = 5 * 2  # cell 12: 5 PROMPTS x NUM_PICTURES=2, for each model
     on_gpu = models * sample["weights"] + max(sample["denoising"], sample["decoding"])
     return dict(gpu={f"train() without prior preservation: {saver_names(s)}": no_prior["total"],
-                     f"{models} models in fp16 at once, drawing": on_gpu},
+                     f"{models} models in fp16 at once, drawing": on_gpu,
+                     "the same, and DINO and CLIP in fp16 (metrics)": on_gpu + EMBEDDERS_GB / 2 * GB / 2**30},
                 local=sd15["download_gb"],
                 minutes={"pip install": PIP_MINUTES, "download SD 1.5": sd15["download_minutes"],
                          "planner (gpu_settings)": 3 * ESTIMATE_SECONDS / 60,
@@ -253,7 +268,10 @@ def lesson_4(sd15, drive: Drive, s) -> dict:
                              no_prior_settings, s.max_train_steps),
                          f"load SD 1.5 {models} times": models * LOAD_MINUTES,  # train(), then cell 8 twice
                          f"draw {models} x {pictures} pictures": models * sampling_minutes(
-                             pictures, s.sample_batch_size, s.num_inference_steps)})
+                             pictures, s.sample_batch_size, s.num_inference_steps),
+                         # cell 28: the paper's metrics; embedding a few dozen pictures takes seconds
+                         "download DINO and CLIP (the paper's metrics)":
+                             EMBEDDERS_GB * GB / MB / HUB_MB_PER_S / 60})
 
 
 def lesson_5(sd15, drive: Drive, full, lora, png_gb: float) -> dict:

@@ -14,10 +14,12 @@ On Drive the course keeps one folder, MyDrive/dreamlab:
     dreambooth-lora/    lesson 5's LoRA adapters
 """
 
+import functools
 import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from .settings import ASSETS, OUTPUT, SD15, Settings
@@ -39,8 +41,41 @@ def offline() -> bool:
 
 
 def device() -> str:
-    """The device lessons run on: "cuda", or "cpu" offline (DREAMLAB_DEVICE overrides it)."""
-    return os.environ.get("DREAMLAB_DEVICE") or ("cpu" if offline() else "cuda")
+    """The device lessons run on: "cuda", or "cpu" offline (DREAMLAB_DEVICE overrides it). On the
+    CPU, torch then uses as many threads as there are cores free (cpu_threads)."""
+    name = os.environ.get("DREAMLAB_DEVICE") or ("cpu" if offline() else "cuda")
+    if name == "cpu":
+        import torch
+
+        torch.set_num_threads(cpu_threads())
+    return name
+
+
+@functools.cache
+def torch_threads() -> int:
+    """Torch's own choice of threads (one per core), read once, before device() changes it."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def cpu_threads(cores: int | None = None, loadavg: Path = Path("/proc/loadavg")) -> int:
+    """The CPU's cores (torch's choice), less those other programs keep busy right now, at least 1.
+    Torch's threads wait for each other at every operation: when another program holds a core,
+    two threads on two cores make a toy training step ten to thirty times slower than one thread
+    does (measured on this course's 2-core machine), while on an idle machine the second thread
+    makes it only about 20 % faster. "Busy" is Linux's count of runnable tasks, read a few times
+    (elsewhere, every core is taken as free)."""
+    cores = cores or torch_threads()
+    try:
+        busy = []
+        for _ in range(5):  # the fewest seen: a program that runs all the time, not a blip
+            running = loadavg.read_text().split()[3].split("/")[0]
+            busy.append(int(running) - 1)  # (this process is one of them)
+            time.sleep(0.02)
+    except (OSError, IndexError, ValueError):
+        return cores
+    return max(1, cores - min(busy))
 
 
 def in_colab() -> bool:

@@ -190,6 +190,18 @@ def changed_most(answer, base, models: dict, mean_change) -> bool:
                        f"{most}: " + ", ".join(f"{k} {v:.2e}" for k, v in changes.items())))
 
 
+def most_collapsed(answer, numbers: dict) -> bool:
+    """`numbers`: lesson 4's paper_numbers, {run: {"PRES": ..., ...}}."""
+    pres = {name: row["PRES"] for name, row in numbers.items()}
+    most = max(pres, key=pres.get)
+    listed = ", ".join(f"{k} {v:.3f}" for k, v in pres.items())
+    return verdict(answer, answer == most,
+                   say(f"Read the PRES column of the table (or paper_numbers[name]['PRES']) for {list(pres)}.",
+                       f"Leia a coluna PRES da tabela (ou paper_numbers[nome]['PRES']) para {list(pres)}."),
+                   say(f"{most}: {listed}. Its class-prompt pictures drifted towards your subject.",
+                       f"{most}: {listed}. As imagens do prompt da classe derivaram na direção do seu sujeito."))
+
+
 # Lesson 5
 
 def fits_in(answer, gib: float) -> bool:

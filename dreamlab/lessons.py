@@ -11,6 +11,7 @@ pick the offline model and the CPU; nothing else in the notebooks changes.
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -59,8 +60,9 @@ def run_lesson(path: Path, out_dir: Path, output: Path | None = None, timeout: i
     nb, failure = nbformat.read(path, as_version=4), None
     if answers:
         nb = with_answers(nb, answers)
-    try:  # the kernel inherits this process's environment
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    try:  # the kernel inherits this process's environment. Its own log (a note that it talks over
+        # local TCP unencrypted, ...) says nothing to a learner: errors only
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=["--log-level=ERROR"],
                        resources={"metadata": {"path": str(path.parent)}}).execute()
     except (CellExecutionError, DeadKernelError, TimeoutError) as e:
         failure = e
@@ -86,7 +88,8 @@ class LessonFailed(Exception):
 
     def __init__(self, executed: Path, error: Exception):
         self.executed, self.error = executed, error
-        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # without the traceback's terminal colours
+        lines = [line for line in plain.strip().splitlines() if line.strip()]
         super().__init__(f"{executed.name} stopped: {(lines or [type(error).__name__])[-1][:300]}")
 
 

@@ -1,7 +1,9 @@
 """A run's folders, how a run goes on where it stopped, and how its model is saved.
 
     <output_dir>/               the model (a diffusers folder, or LoRA adapters), README.md (the
-                                model card) and training.json: how far the run got, and its losses
+                                model card) and training.json: how far the run got, its settings,
+                                losses, time and peak memory; metrics.json: numbers measured
+                                afterwards (compare.save_metrics; compare.py lays runs side by side)
     <output_dir>-checkpoints/   checkpoint-000200/, ... (checkpoints.py)
     <output_dir>-samples/       step-000100.png, ...: the validation prompts, drawn while training
 
@@ -25,6 +27,7 @@ from .identifier import save_identifier
 from .settings import Settings
 
 RUN_RECORD = "training.json"
+METRICS = "metrics.json"
 
 
 def checkpoint_dir(s: Settings) -> Path:
@@ -128,7 +131,9 @@ def save_model(s: Settings, result, samples, resumed_at: int) -> Path:
         save_diffusers(result.sd, folder, in_place=result.checkpoint is not None)
     (folder / RUN_RECORD).write_text(json.dumps(
         {"step": result.step, "max_train_steps": s.max_train_steps, "stopped_early": result.stopped_early,
-         "run": checkpoints.run_settings(s), "history": result.history}, indent=1, default=str))
+         "run": checkpoints.run_settings(s), "settings": s.to_dict(), "usage": result.usage,
+         "history": result.history}, indent=1, default=str))
+    (folder / METRICS).unlink(missing_ok=True)  # an earlier model's numbers: this one is still to measure
     # A README.md the Hub shows: base model, prompt, settings, the last samples
     first = samples[:s.num_validation_images] if samples else None  # the first prompt's pictures
     write_model_card(folder, s, images=first, prompt=(s.validation_prompts or [None])[0],

@@ -1,4 +1,9 @@
-"""Pictures in notebooks: a figure that updates in place while a cell runs, and loss curves.
+"""Pictures in notebooks: figures shown once as PNG, one that updates in place, loss curves.
+
+dreamlab never switches matplotlib's backend: the learner's own `plt.plot` stays inline. The
+figures dreamlab draws itself are plain `matplotlib.figure.Figure`s (see `subplots`), which
+pyplot does not know about, so the inline backend cannot show them a second time at the end of
+the cell; `png()` renders them whatever the backend is.
 
 The live figure is a display handle holding a PNG: `display(..., display_id=True)` then
 `.update()`. That works in JupyterLab, classic Jupyter and Colab alike, and a notebook run
@@ -7,12 +12,21 @@ headless keeps the last picture in its output.
 
 import io
 
-import matplotlib
+import matplotlib.pyplot as plt
+from IPython.display import Image as IPyImage
+from IPython.display import display
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # draw to PNG bytes ourselves; no GUI backend needed
-import matplotlib.pyplot as plt  # noqa: E402
-from IPython.display import Image as IPyImage  # noqa: E402
-from IPython.display import display  # noqa: E402
+# plt.subplots' layout arguments; all the others (figsize, dpi, ...) are the figure's own
+LAYOUT_OPTIONS = ("sharex", "sharey", "squeeze", "width_ratios", "height_ratios", "subplot_kw",
+                  "gridspec_kw")
+
+
+def subplots(nrows: int = 1, ncols: int = 1, **kwargs):
+    """Like plt.subplots, but the figure is not pyplot's: it appears only where you show it."""
+    layout = {k: kwargs.pop(k) for k in LAYOUT_OPTIONS if k in kwargs}
+    fig = Figure(**kwargs)
+    return fig, fig.subplots(nrows, ncols, **layout)
 
 
 def png(fig) -> IPyImage:
@@ -21,16 +35,27 @@ def png(fig) -> IPyImage:
     return IPyImage(data=buffer.getvalue(), format="png")
 
 
+def show(fig) -> None:
+    """Show a figure in the cell's output, once: `show(fig)` after drawing on `plt.subplots()`.
+
+    A pyplot figure is closed first; otherwise the inline backend would show it a second time
+    at the end of the cell (or a loop would pile up open figures)."""
+    plt.close(fig)  # (nothing happens for a figure pyplot does not know)
+    display(png(fig))
+
+
 class LiveFigure:
-    """A matplotlib figure shown once and redrawn in place: `live.update()` after changing it."""
+    """A matplotlib figure shown once and redrawn in place: `live.update()` after changing it.
+
+    Takes plt.subplots' arguments: LiveFigure(1, 2, figsize=(10, 4)) has `.fig` and `.axes`."""
 
     def __init__(self, *args, **kwargs):
-        self.fig, self.axes = plt.subplots(*args, **kwargs)
-        plt.close(self.fig)  # keep pyplot from showing it a second time at the end of the cell
+        self.fig, self.axes = subplots(*args, **kwargs)
         self.handle = display(png(self.fig), display_id=True)
 
     def update(self):
-        self.handle.update(png(self.fig))
+        if self.handle is not None:  # (None outside IPython, where there is nothing to update)
+            self.handle.update(png(self.fig))
 
 
 def smooth(values: list[float], window: int = 10) -> list[float]:
@@ -52,7 +77,8 @@ def plot_losses(ax, history: list[dict]) -> None:
             ax.plot(steps, smooth(values), colour, lw=2, label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("MSE")
-    ax.legend(loc="upper right")
+    if history:  # (an empty legend only warns)
+        ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
 
 
@@ -81,7 +107,7 @@ def show_images(images, titles=None, cols=None, size=2.5) -> None:
     (or as "<Figure size ...>" text)."""
     cols = cols or len(images)
     rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, image in enumerate(images):
@@ -90,5 +116,4 @@ def show_images(images, titles=None, cols=None, size=2.5) -> None:
         if titles:
             ax.set_title(titles[i], fontsize=9)
     fig.tight_layout()
-    plt.close(fig)
-    display(png(fig))
+    show(fig)

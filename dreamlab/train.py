@@ -7,7 +7,9 @@ import contextlib
 import gc
 import math
 import signal
+import sys
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -94,6 +96,8 @@ class TrainResult:
     stopped_early: bool = False  # interrupted (kernel stop button, Ctrl-C)
     checkpoint: Path | None = None  # the last checkpoint written
     step: int = 0  # the steps trained, of max_train_steps
+    settings: Settings | None = None  # the run's settings (compare.py lays runs side by side)
+    usage: dict = field(default_factory=dict)  # what it cost: usage() below
 
 
 def prepare_class_images(s: Settings, sd: StableDiffusion, accelerator: Accelerator) -> None:
@@ -189,6 +193,29 @@ def sample_now(s: Settings, sd: StableDiffusion, accelerator: Accelerator, step:
     return images
 
 
+def peak_memory(device: torch.device) -> tuple[float | None, str]:
+    """The most memory the run took, in GiB, and what was measured. On a GPU: its tensors' peak
+    (torch.cuda.max_memory_allocated, reset when the run starts). On a CPU: the peak resident
+    memory of the whole process (getrusage), which cannot be reset, so it also counts whatever ran
+    before in the same process (an earlier run, another model loaded)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "GPU"
+    try:
+        import resource  # (not on Windows)
+    except ImportError:
+        return None, "not measured"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**30 if sys.platform == "darwin" else 2**20), "CPU RSS"
+
+
+def usage(device: torch.device, seconds: float, steps: int) -> dict:
+    """What a run cost, for comparing runs: the wall time of its training loop (steps, samples and
+    checkpoints; a resumed run counts from where it resumed), the steps in that time, its peak memory."""
+    gib, measured = peak_memory(device)
+    return {"seconds": round(seconds, 2), "steps": steps,
+            "peak_memory_gib": None if gib is None else round(gib, 3), "memory": measured}
+
+
 NAN_HELP = ("the loss became {loss} at step {step}, so that step was not applied. Likely causes: "
             "a learning rate too high (learning_rate={lr}), or fp16 overflow (mixed_precision="
             "{mp!r}: try 'bf16' on a GPU that has it, or 'no'). {resume}")
@@ -273,6 +300,8 @@ def set_up(s: Settings, sd: StableDiffusion, accelerator: Accelerator):
 
 def run(s: Settings, sd: StableDiffusion | None, on_step, on_sample, save: bool) -> TrainResult:
     accelerator = make_accelerator(s)
+    if accelerator.device.type == "cuda":  # this run's peak, not an earlier one's
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     set_seed(s.seed)
     if sd is None:
         sd = load_model(s.model, s.revision, device=accelerator.device)
@@ -294,6 +323,7 @@ def run(s: Settings, sd: StableDiffusion | None, on_step, on_sample, save: bool)
     text_encoder_on, stopped, step = s.text_encoder_trains, False, start
     bar = tqdm(range(start, s.max_train_steps), desc="training", disable=not accelerator.is_main_process)
     samples = None  # the latest validation images, for the model card
+    started = time.perf_counter()
     if s.validation_steps and start == 0 and accelerator.is_main_process:
         samples = sample_now(s, sd, accelerator, 0, on_sample)  # the starting point, to compare with
     with stop_on_interrupt() as interrupt:
@@ -345,7 +375,8 @@ def run(s: Settings, sd: StableDiffusion | None, on_step, on_sample, save: bool)
     if fused is not None:
         fused.remove()
     result = TrainResult(sd=sd, history=history, stopped_early=stopped, checkpoint=last_checkpoint,
-                         step=step)
+                         step=step, settings=s,
+                         usage=usage(accelerator.device, time.perf_counter() - started, step - start))
     finish(s, result, accelerator)
     if save and accelerator.is_main_process:
         result.output_dir = save_model(s, result, samples, resumed_at=start)

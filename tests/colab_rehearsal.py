@@ -21,7 +21,9 @@ What outlives the machines is the `Course`, the world outside them:
                            branch main; the install cell's https://github.com/<owner>/<name>
                            is pointed here
     hf/hub                 "the Hub": SD 1.5's id, holding a micro random-weight SD of SD 1.5's
-                           classes (read with HF_HUB_OFFLINE=1, through huggingface_hub's cache)
+                           classes, and DINO's and CLIP's ids (lesson 4's metrics), tiny random
+                           models of their classes (read with HF_HUB_OFFLINE=1, through
+                           huggingface_hub's cache)
     drive                  the learner's Google Drive (MyDrive/), which google.colab.drive mounts
     uploads                the photos the learner picks when files.upload() asks
 
@@ -149,8 +151,22 @@ def publish_course(github: Path, repo: str, ref: str) -> Path:
 
 
 def build_hub(hub_cache: Path, model_id: str = SD15) -> Path:
-    """`model_id` in huggingface_hub's cache layout, holding a micro random-weight SD of SD
-    1.5's classes (dreamlab.offline, size "micro"); returns the snapshot folder:
+    """The Hub's cache, holding `model_id` as a micro random-weight SD of SD 1.5's classes
+    (dreamlab.offline, size "micro"), and the two embedders of lesson 4's metrics as tiny
+    random-weight models of their classes (tests/tiny_embedders.py); returns SD's snapshot folder."""
+    from tiny_embedders import build_clip, build_dino
+
+    from dreamlab.metrics import CLIP, DINO
+    from dreamlab.offline import build_random_model
+
+    publish(hub_cache, DINO, build_dino(hub_cache.parent / "tiny-dino"))
+    publish(hub_cache, CLIP, build_clip(hub_cache.parent / "tiny-clip"))
+    return publish(hub_cache, model_id, build_random_model(hub_cache.parent / "micro-sd", size="micro"))
+
+
+def publish(hub_cache: Path, model_id: str, staged: Path) -> Path:
+    """Move the folder `staged` into huggingface_hub's cache layout as `model_id`; returns its
+    snapshot folder:
 
         models--<owner>--<name>/refs/main                  the commit `main` points at
         models--<owner>--<name>/snapshots/<commit>/<file>  a link into blobs/, as the Hub's
@@ -158,9 +174,6 @@ def build_hub(hub_cache: Path, model_id: str = SD15) -> Path:
     """
     from huggingface_hub.file_download import repo_folder_name
 
-    from dreamlab.offline import build_random_model
-
-    staged = build_random_model(hub_cache.parent / "micro-sd", size="micro")
     files = sorted(p for p in staged.rglob("*") if p.is_file())
     digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     # the "commit": a hash of the files and their names, so that another model gets another one

@@ -35,6 +35,8 @@ from colab_rehearsal import (
     written_into_package,
 )
 
+from dreamlab.metrics import CLIP, DINO
+
 # The install cell of the lessons until the package shipped its assets: a clone in /content and
 # an editable install of it. /content is on sys.path, so `import dreamlab` finds the clone's root
 # folder (no __init__.py) as a namespace package before the editable install's finder is asked.
@@ -186,15 +188,26 @@ def lesson_problems(run, machine: Machine, course: Course) -> list[str]:
     if not run.pictures():
         problems.append(f"{run.name}: no picture (image/png) in its outputs")
     toy_world_only = run.name.startswith("00_")  # lesson 0 draws with the toy model, GPU or not
-    if not toy_world_only and not any(f.endswith("config.json") for f in machine.hub_files()):
+    if not toy_world_only and not opened(machine, SD15):
         problems.append(f"{run.name}: never opened SD 1.5's files in the Hub cache: it took the offline "
                         "branch")
+    if run.name.startswith("04_"):  # the paper's metrics: DINO and CLIP, from the Hub
+        problems += [f"{run.name}: never opened {model}'s files in the Hub cache" for model in (DINO, CLIP)
+                     if not opened(machine, model)]
     if preinstalled_changes(machine):
         problems.append(f"{run.name}: pip reinstalled preinstalled packages "
                         f"{sorted(preinstalled_changes(machine))}")
     if written_into_package(machine):
         problems.append(f"{run.name}: wrote into the installed package: {written_into_package(machine)[:5]}")
     return problems
+
+
+def opened(machine: Machine, model_id: str) -> bool:
+    """Did the machine read `model_id`'s config from the Hub cache?"""
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = repo_folder_name(repo_id=model_id, repo_type="model")
+    return any(folder in f and f.endswith("config.json") for f in machine.hub_files())
 
 
 def upload_problems(run, course: Course) -> list[str]:
