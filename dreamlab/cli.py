@@ -69,26 +69,22 @@ def export_model(args) -> None:
     from pathlib import Path
 
     from . import export
-    from .identifier import IDENTIFIER_FILE, load_identifier
-    from .models import load_model
+    from .identifier import IDENTIFIER_FILE
+    from .runs import load_trained
 
     if not (args.single_file or args.kohya_lora):
         raise DreamlabError("export: say what to write: --single-file PATH and/or --kohya-lora PATH")
     folder = Path(args.model)
-    if (folder / export.LORA_FILE).exists():  # a LoRA run: its adapters go on top of the base
-        if not args.base:
-            raise DreamlabError(f"{folder} holds LoRA adapters: give the model they were trained on "
-                                "with --base (e.g. the --model of the train command)")
-        sd = load_model(args.base)
-        # the pipeline shares sd's modules; "default" is the adapter name export looks for
-        sd.pipeline().load_lora_weights(str(folder), adapter_name="default")
-        if load_identifier(sd, folder) and args.kohya_lora:  # (the single file has the word)
-            print(f"note: {args.kohya_lora} holds the adapters only, not the word learned for the "
-                  f"identifier ({folder / IDENTIFIER_FILE}); --single-file keeps both")
-    else:
-        if args.kohya_lora:
-            raise DreamlabError(f"{folder} is a full fine-tune, not a LoRA: use --single-file")
-        sd = load_model(str(folder))
+    lora = (folder / export.LORA_FILE).exists()  # a LoRA run: its adapters go on top of the base
+    if lora and not args.base:
+        raise DreamlabError(f"{folder} holds LoRA adapters: give the model they were trained on "
+                            "with --base (e.g. the --model of the train command)")
+    if args.kohya_lora and not lora:
+        raise DreamlabError(f"{folder} is a full fine-tune, not a LoRA: use --single-file")
+    sd = load_trained(folder, args.base)
+    if lora and args.kohya_lora and (folder / IDENTIFIER_FILE).exists():  # (the single file has the word)
+        print(f"note: {args.kohya_lora} holds the adapters only, not the word learned for the "
+              f"identifier ({folder / IDENTIFIER_FILE}); --single-file keeps both")
     if args.single_file:
         print(f"wrote {export.save_single_file(sd, args.single_file)}")
     if args.kohya_lora:

@@ -26,11 +26,9 @@ from IPython.display import display
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import DreamlabError
-from .export import LORA_FILE
-from .identifier import load_identifier
 from .language import say
-from .models import StableDiffusion, load_model
-from .runs import METRICS, RUN_RECORD
+from .models import StableDiffusion
+from .runs import METRICS, RUN_RECORD, load_trained
 from .sample import generate, image_grid
 from .settings import Settings
 from .train import TrainResult
@@ -264,12 +262,7 @@ def load_run_model(run: Run, device=None, dtype: torch.dtype | None = None) -> S
                             "or its loaded model")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    if not (run.folder / LORA_FILE).exists():
-        return load_model(str(run.folder), dtype=dtype, device=device)
-    sd = load_model(run.settings["model"], run.settings.get("revision"), dtype, device)
-    sd.pipeline().load_lora_weights(str(run.folder), adapter_name="default")  # into sd's own modules
-    load_identifier(sd, run.folder)  # the adapters do not hold the learned word
-    return sd
+    return load_trained(run.folder, run.settings.get("model"), run.settings.get("revision"), dtype, device)
 
 
 def first_setting(runs: list[Run], key: str, fallback):

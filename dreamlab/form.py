@@ -104,7 +104,7 @@ CHOICES = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": PRECISIONS, "attent
 RATES = {"learning_rate": (-7, -2), "identifier_lr": (-5, -1)}  # powers of 10
 # Keeping the run and watching it (the last two groups) are the learner's: presets leave them
 KEPT = [name for _, group in GROUPS[-2:] for name, _, _ in group]
-MARGIN = 0.05  # as memory.plan(): a GPU's last 5 % goes to the CUDA context and fragmentation
+MARGIN = memory.MARGIN  # as plan(): a GPU's last 5 % goes to the CUDA context and fragmentation
 
 
 # The presets' buttons: what each says, in English and in Portuguese

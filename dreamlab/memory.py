@@ -337,7 +337,10 @@ def rungs(**fixed):
             yield label, options
 
 
-def plan(gpu_gib: float | None = None, margin: float = 0.05, **fixed) -> tuple[dict, dict]:
+MARGIN = 0.05  # of a GPU's memory, left for the CUDA context and fragmentation
+
+
+def plan(gpu_gib: float | None = None, margin: float = MARGIN, **fixed) -> tuple[dict, dict]:
     """The first settings of the ladder whose estimate fits `gpu_gib` less a `margin` (for the CUDA
     context and fragmentation); `gpu_gib` defaults to this machine's GPU. Returns (options, estimate).
 

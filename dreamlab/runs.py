@@ -23,7 +23,8 @@ from safetensors import safe_open
 from . import checkpoints
 from .errors import DreamlabError
 from .export import LORA_FILE, save_diffusers, save_lora, write_model_card
-from .identifier import save_identifier
+from .identifier import load_identifier, save_identifier
+from .models import StableDiffusion, load_model
 from .settings import Settings
 
 RUN_RECORD = "training.json"
@@ -144,3 +145,19 @@ def save_model(s: Settings, result, samples, resumed_at: int) -> Path:
             shutil.rmtree(done)
         result.checkpoint = None
     return saved
+
+
+def load_trained(folder, base: str | None = None, revision: str | None = None,
+                 dtype: torch.dtype = torch.float32, device="cpu") -> StableDiffusion:
+    """A run's saved model: a full fine-tune's diffusers folder as it is; a LoRA run's adapters,
+    and the word it learned for the identifier, on top of `base`, the model they were trained on."""
+    folder = Path(folder)
+    if not (folder / LORA_FILE).exists():
+        return load_model(str(folder), dtype=dtype, device=device)
+    if not base:
+        raise DreamlabError(f"{folder} holds LoRA adapters: give the model they were trained on as base")
+    sd = load_model(base, revision, dtype, device)
+    # the pipeline shares sd's modules; "default" is the adapter name export looks for
+    sd.pipeline().load_lora_weights(str(folder), adapter_name="default")
+    load_identifier(sd, folder)  # the adapters do not hold the learned word
+    return sd

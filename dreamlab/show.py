@@ -82,24 +82,6 @@ def plot_losses(ax, history: list[dict]) -> None:
     ax.grid(alpha=0.3)
 
 
-class LiveLoss(LiveFigure):
-    """A loss curve that redraws every `every` steps: pass `live.on_step` to train()."""
-
-    def __init__(self, every: int = 5):
-        super().__init__(figsize=(7, 3.5))
-        self.every, self.history = every, []
-
-    def on_step(self, step: int, logs: dict) -> None:
-        self.history.append(logs)
-        if step % self.every == 0 or step == 1:
-            plot_losses(self.axes, self.history)
-            self.update()
-
-    def finish(self) -> None:
-        plot_losses(self.axes, self.history)
-        self.update()
-
-
 def show_images(images, titles=None, cols=None, size=2.5) -> None:
     """Show PIL images (or (H, W) / (H, W, 3) arrays) side by side with titles.
 

@@ -2,7 +2,7 @@
 
     python tests/browser.py notebooks/03_fine_tuning.ipynb                 # run it, screenshot the end
     python tests/browser.py NOTEBOOK --moment 'form=.widget-slider' \\
-        --moment 'loss=.jp-CodeCell:has-text("LiveLoss") img' --changing loss
+        --moment 'loss=.jp-CodeCell:has-text("Dashboard") img' --changing loss
 
 `run_in_browser(notebook, moments)` copies the notebook's folder to a temporary one, starts
 `jupyter lab` there on a free localhost port, opens the notebook in Chromium, clicks Run > Run
