@@ -1,6 +1,6 @@
 """Does the course fit a free Colab account? Each lesson's GPU memory, Google Drive space and T4 minutes.
 
-    python benchmarks/colab_budget.py                  # prints the README's table
+    python benchmarks/colab_budget.py                  # prints benchmarks/README.md's table
     python benchmarks/colab_budget.py --photos FOLDER  # photos to measure a class image's PNG size on
 
 A free Colab account has a T4 (15 GB, of which PyTorch sees 14.75 GiB), 12.7 GB of RAM, and Google
@@ -315,7 +315,7 @@ def lesson_5(sd15, drive: Drive, full, lora, png_gb: float) -> dict:
 
 
 def saver_names(s) -> str:
-    savers = [k for k in ("gradient_checkpointing", "fused_optimizer_step", "use_8bit_adam", "cache_latents")
+    savers = [k for k in ("gradient_checkpointing", "step_in_backward", "use_8bit_adam", "cache_latents")
               if getattr(s, k)]
     return ", ".join([s.mixed_precision] + savers)
 

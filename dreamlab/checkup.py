@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .language import say
 
-DRIVE_NEEDS_GB = 4.5  # the course keeps at most ~4 GB on Drive at once (README's Colab table)
+DRIVE_NEEDS_GB = 4.5  # the course keeps at most ~4 GB on Drive at once (benchmarks/README.md's Colab table)
 DISK_NEEDS_GB = 1.0  # offline: the toy models and class images are small
 OK, WARN, FIX = "✅", "⚠️", "❌"
 

@@ -57,6 +57,16 @@ def generate_class_images(pipeline, class_dir, class_prompt: str, num_images: in
     if missing <= 0:  # nothing written: a full folder may be shared read-only (a workshop's)
         return list_images(class_dir, "class")
 
+    draw(pipeline, class_dir, record, class_prompt, missing, have, batch_size, resolution,
+         num_inference_steps, guidance_scale, seed, scheduler)
+    return list_images(class_dir, "class")
+
+
+def draw(pipeline, class_dir: Path, record: dict, class_prompt: str, missing: int, have: list[Path],
+         batch_size: int, resolution: int, num_inference_steps: int, guidance_scale: float, seed: int,
+         scheduler) -> None:
+    """Draw `missing` pictures numbered after those the folder has, each written whole or not at
+    all, the record updated after each batch (so an interruption loses one batch at most)."""
     device = pipeline.unet.device
     # On a GPU the pictures are drawn in half precision whatever the model's weights: a T4 draws
     # several times faster in float16 (a float32 model, loaded for training, included)
@@ -88,7 +98,6 @@ def generate_class_images(pipeline, class_dir, class_prompt: str, num_images: in
             write_record(class_dir, record)
             missing -= n
             bar.update(n)
-    return list_images(class_dir, "class")
 
 
 def model_name(model: str | None) -> str:

@@ -130,7 +130,7 @@ def class_images_dir(course: Path, class_prompt: str) -> Path:
 def gpu_settings(save_to_drive: bool = True, **overrides) -> Settings:
     """SD 1.5 at 512 px on your photos (lesson 2) or the course's dog, with:
     - the memory savers that keep the run under COURSE_GIB on this GPU (on a T4: fp16, gradient
-      checkpointing, the fused optimizer step), the same settings on any GPU;
+      checkpointing, the optimizer step in backward), the same settings on any GPU;
     - the class images of lesson 2, shared (made in fp16 with a fast sampler if missing);
     - with `save_to_drive` on Colab, everything on Drive: a compact checkpoint every 200 steps (the
       last one kept; Drive keeps what is deleted in its bin for 30 days, and counts it), resume_from=

@@ -66,7 +66,7 @@ GROUPS = [
          '"fp16" numa T4, "bf16" nas GPUs mais novas: mais rápido, menos memória, mesmo resultado'),
         ("gradient_checkpointing", "recompute activations in the backward pass: less memory, ~25 % slower",
          "recalcular as ativações no backward: menos memória, uns 25 % mais lento"),
-        ("fused_optimizer_step", "update each weight as soon as its gradient is ready (no accumulation)",
+        ("step_in_backward", "update each weight as soon as its gradient is ready (no accumulation)",
          "atualizar cada peso assim que seu gradiente fica pronto (sem acumular lotes)"),
         ("use_8bit_adam", "AdamW's state in 8 bits: a quarter of its memory (CUDA and bitsandbytes only)",
          "o estado do AdamW em 8 bits: um quarto da memória (só CUDA, com bitsandbytes)"),
@@ -119,7 +119,7 @@ def presets() -> dict:
     return {
         # Lesson 3 on Colab: Settings()' defaults (SD 1.5 at 512 px, 400 steps at 5e-6) and the
         # savers colab.gpu_settings() gets from memory.plan(colab.COURSE_GIB) on a T4
-        "t4-full": Settings(mixed_precision="fp16", gradient_checkpointing=True, fused_optimizer_step=True),
+        "t4-full": Settings(mixed_precision="fp16", gradient_checkpointing=True, step_in_backward=True),
         # Lesson 5 on Colab: colab.gpu_settings(lora=True, lora_rank=8, learning_rate=1e-4), for
         # which the planner needs fp16 only
         "t4-lora": Settings(mixed_precision="fp16", lora=True, lora_rank=8, learning_rate=1e-4),

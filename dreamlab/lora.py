@@ -6,6 +6,7 @@ change is scaled by alpha / rank. peft adds the adapters; diffusers saves and lo
 """
 
 import torch
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig, inject_adapter_in_model
 
 # What LoRA adapts (as diffusers' train_dreambooth_lora.py): the attention projections
@@ -22,6 +23,4 @@ def add_lora(model: torch.nn.Module, part: str, rank: int, alpha: float | None =
         model.add_adapter(config)  # diffusers' way, which its LoRA loading and saving expect
     else:  # transformers' add_adapter wants a newer peft than Colab has; peft's own call does the same
         inject_adapter_in_model(config, model)
-    for p in model.parameters():
-        if p.requires_grad:  # only the adapters; they train in float32 even beside fp16 weights
-            p.data = p.data.float()
+    cast_training_params(model, torch.float32)  # the adapters train in float32, even beside fp16 weights

@@ -39,6 +39,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from .errors import DreamlabError
 from .models import StableDiffusion
 from .offline import TOKENIZER
+from .optimizer import BUCKET_BYTES
 from .settings import SD15, Settings
 from .trainable import frozen_dtype, make_trainable
 
@@ -63,13 +64,14 @@ SD15_CONFIGS = {
         initializer_factor=1.0, bos_token_id=0, eos_token_id=2, pad_token_id=1),
 }
 
-# The options estimate() takes; most are named and defaulted as in Settings.
+# The options estimate() takes, named as in Settings; every memory saver is off unless asked for
+# (Settings caches latents by default), so that an estimate names all it turns on.
 DEFAULTS = dict(model=SD15, resolution=Settings.resolution, train_batch_size=Settings.train_batch_size,
                 prior_preservation=Settings.prior_preservation,
                 train_text_encoder=Settings.train_text_encoder, train_identifier=Settings.train_identifier,
                 mixed_precision=Settings.mixed_precision, gradient_checkpointing=False,
                 use_8bit_adam=False, cache_latents=False, lora=False, lora_rank=4, attention="sdpa",
-                fused_optimizer_step=False)
+                step_in_backward=False)
 
 
 def model_configs(model: str = SD15) -> dict:
@@ -202,20 +204,48 @@ def _estimate(options: tuple) -> tuple:
     tensors = [t for m in on_gpu for t in [*m.parameters(), *m.buffers()]]
     n_trained = sum(p.numel() for p in trained)
     weights = sum(t.nbytes for t in tensors)
-    # The fused step (optimizer.FusedStep) updates each weight and frees its gradient as soon as
-    # it is made: no full set of gradients. The optimizer train() builds (fused AdamW, or 8-bit)
-    # updates in place: no weights-sized temporary in step().
-    gradients = 0 if s.fused_optimizer_step else 4 * n_trained
+    # The step in backward (optimizer.StepInBackward) updates the weights a bucket of gradients at a
+    # time, and frees those: no full set of gradients. The optimizer train() builds (fused AdamW, or
+    # 8-bit) updates in place: no weights-sized temporary in step().
+    gradients = min(BUCKET_BYTES, 4 * n_trained) if s.step_in_backward else 4 * n_trained
     optimizer = (2 if s.use_8bit_adam else 8) * n_trained
 
     counter.know(tensors)
-    for p in trained:  # so that the counter can tell gradients from activations
-        p.register_post_accumulate_grad_hook(
-            (lambda p: setattr(p, "grad", None)) if s.fused_optimizer_step else counter.count_gradient)
+    watch_gradients(counter, trained, s.step_in_backward)
     batch = s.train_batch_size * (2 if s.prior_preservation else 1)  # + as many class images
+    with counter:
+        one_step(s, sd, gpu, on_gpu, batch)
+    total = weights + optimizer + max(counter.peak, gradients)
+    result = dict(weights=weights, gradients=gradients, optimizer=optimizer,
+                  activations=counter.activations, total=total)
+    return tuple({k: v / GiB for k, v in result.items()}.items()) + (
+        ("trained_params", n_trained), ("batch", batch),
+        ("peak_at", "backward" if counter.peak >= gradients else "optimizer step"))
+
+
+def watch_gradients(counter: LiveBytes, trained: list, step_in_backward: bool) -> None:
+    """Tell the counter of each gradient made, so that it can tell them from activations; with the
+    step in backward, free them a bucket at a time, as optimizer.StepInBackward does."""
+    bucket = []
+
+    def ready(p):
+        counter.count_gradient(p)
+        bucket.append(p)
+        if sum(q.grad.nbytes for q in bucket) >= BUCKET_BYTES:
+            for q in bucket:
+                counter.grads -= q.grad.nbytes
+                q.grad = None
+            bucket.clear()
+
+    for p in trained:
+        p.register_post_accumulate_grad_hook(ready if step_in_backward else counter.count_gradient)
+
+
+def one_step(s: Settings, sd: StableDiffusion, gpu: "LikeAGPU", on_gpu: list, batch: int) -> None:
+    """One training step on the meta device, as training_step() does it, for the counter to watch."""
     half = frozen_dtype(s.mixed_precision)
     latent = s.resolution // 2 ** (len(sd.vae.config.block_out_channels) - 1)
-    with counter, gpu, torch.device("meta"):  # one training step, as training_step() does it
+    with gpu, torch.device("meta"):
         if s.cache_latents:
             latents = torch.empty(batch, sd.unet.config.in_channels, latent, latent)
         else:
@@ -237,12 +267,6 @@ def _estimate(options: tuple) -> tuple:
         prediction = sd.unet(noisy_latents, timesteps, text.to(sd.unet.dtype)).sample
         loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
-    total = weights + optimizer + max(counter.peak, gradients)
-    result = dict(weights=weights, gradients=gradients, optimizer=optimizer,
-                  activations=counter.activations, total=total)
-    return tuple({k: v / GiB for k, v in result.items()}.items()) + (
-        ("trained_params", n_trained), ("batch", batch),
-        ("peak_at", "backward" if counter.peak >= gradients else "optimizer step"))
 
 
 def step_by_hand(**options) -> float:
@@ -311,12 +335,12 @@ LADDER = [
     ("full, fp16 mixed precision", FP16),
     ("full, fp16, grad. checkpointing",  # the same result, ~25 % slower: recomputes activations
      {**FP16, "gradient_checkpointing": True}),
-    ("full, fp16, ckpt, fused step",  # the same result; no gradient accumulation
-     {**FP16, "gradient_checkpointing": True, "fused_optimizer_step": True}),
-    ("full, fp16, ckpt, fused, 8-bit Adam",  # Adam's averages rounded to 8 bits: nearly the same result
-     {**FP16, "gradient_checkpointing": True, "fused_optimizer_step": True, "use_8bit_adam": True}),
-    ("full, fp16, ckpt, fused, 8-bit, cached",  # the same crop of each photo at every step
-     {**FP16, "gradient_checkpointing": True, "fused_optimizer_step": True, "use_8bit_adam": True,
+    ("full, fp16, ckpt, step in backward",  # the same result; no gradient accumulation
+     {**FP16, "gradient_checkpointing": True, "step_in_backward": True}),
+    ("full, fp16, ckpt, in bwd, 8-bit Adam",  # Adam's averages rounded to 8 bits: nearly the same result
+     {**FP16, "gradient_checkpointing": True, "step_in_backward": True, "use_8bit_adam": True}),
+    ("full, fp16, ckpt, in bwd, 8-bit, cached",  # the same crop of each photo at every step
+     {**FP16, "gradient_checkpointing": True, "step_in_backward": True, "use_8bit_adam": True,
       "cache_latents": True}),
     ("LoRA, fp16", {**FP16, "lora": True}),  # trains 0.1 % of the weights: learns the subject less well
     ("LoRA, fp16, ckpt", {**FP16, "lora": True, "gradient_checkpointing": True}),
@@ -324,7 +348,7 @@ LADDER = [
      {**FP16, "lora": True, "gradient_checkpointing": True, "cache_latents": True}),
 ]
 SAVINGS = dict(mixed_precision="no", gradient_checkpointing=False, use_8bit_adam=False,
-               cache_latents=False, lora=False, fused_optimizer_step=False)  # what a rung leaves out is off
+               cache_latents=False, lora=False, step_in_backward=False)  # what a rung leaves out is off
 
 
 def rungs(**fixed):

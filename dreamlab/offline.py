@@ -46,9 +46,32 @@ def build_random_model(out: Path = RANDOM_MODEL, seed: int = 0, size: str = "tin
         raise ValueError(f"size {size!r}: choose tiny, small or micro")
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
+    text_encoder, vae, unet = random_parts(size, len(tokenizer))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=PNDMScheduler(**SD_V1_SCHEDULE), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    # Write next to the target, then rename: an interrupted build never leaves half a model.
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")  # (two processes may build at once)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    # Ship the tokenizer files exactly as SD's hub folder has them (vocab.json + merges.txt),
+    # which every transformers version reads.
+    shutil.rmtree(tmp / "tokenizer")
+    shutil.copytree(TOKENIZER, tmp / "tokenizer")
+    if out.exists():
+        shutil.rmtree(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process got there first: its model is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def random_parts(size: str, vocab_size: int):
+    """build_random_model's text encoder, VAE and UNet, with random weights."""
     small, micro = size == "small", size == "micro"
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=77, hidden_size=128 if small else 32,
+        vocab_size=vocab_size, max_position_embeddings=77, hidden_size=128 if small else 32,
         intermediate_size=512 if small else 64, num_hidden_layers=4 if small else 2,
         num_attention_heads=4, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
         hidden_act="quick_gelu"))  # SD v1's text encoder is CLIP ViT-L/14's: quick_gelu
@@ -59,9 +82,9 @@ def build_random_model(out: Path = RANDOM_MODEL, seed: int = 0, size: str = "tin
         vae = AutoencoderKL(**vae_layout, block_out_channels=(2, 2, 4, 4), norm_num_groups=2,
                             layers_per_block=1, mid_block_add_attention=False, sample_size=512)
     else:
-        vae = AutoencoderKL(**vae_layout, norm_num_groups=32 if small else 8,
+        vae = AutoencoderKL(**vae_layout, norm_num_groups=32 if small else 8,  # small: 3.9M weights
                             block_out_channels=(32, 64, 128, 128) if small else (8, 16, 32, 32),
-                            layers_per_block=2 if small else 1, sample_size=64)
+                            layers_per_block=1, sample_size=64)
     if small:
         unet = UNet2DConditionModel(
             sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
@@ -83,24 +106,7 @@ def build_random_model(out: Path = RANDOM_MODEL, seed: int = 0, size: str = "tin
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=text_encoder.config.hidden_size)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler(**SD_V1_SCHEDULE), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    # Write next to the target, then rename: an interrupted build never leaves half a model.
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")  # (two processes may build at once)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    # Ship the tokenizer files exactly as SD's hub folder has them (vocab.json + merges.txt),
-    # which every transformers version reads.
-    shutil.rmtree(tmp / "tokenizer")
-    shutil.copytree(TOKENIZER, tmp / "tokenizer")
-    if out.exists():
-        shutil.rmtree(out)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process got there first: its model is the same
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return text_encoder, vae, unet
 
 
 def random_model() -> str:

@@ -55,7 +55,7 @@ class Settings:
 
     # The optimisation
     resolution: int = 512
-    center_crop: bool = False  # False: random crops, a cheap augmentation
+    center_crop: bool = False  # False: random crops (one per photo with cache_latents)
     train_batch_size: int = 1
     max_train_steps: int = 400
     learning_rate: float = 5e-6
@@ -82,8 +82,10 @@ class Settings:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass
     use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit: a quarter of Adam's memory (CUDA only)
     attention: str = "sdpa"  # "sdpa": PyTorch's fused attention; "math": the textbook one
-    cache_latents: bool = False  # encode each photo once; the VAE (and a frozen text encoder) leave the GPU
-    fused_optimizer_step: bool = False  # update each weight as soon as its gradient is ready
+    # Encode each photo once (each then keeps the crop it had), and the VAE (and a frozen text
+    # encoder) leave the GPU: a faster step in less memory. False: a new random crop every pass
+    cache_latents: bool = True
+    step_in_backward: bool = False  # update each weight as soon as its gradient is ready
 
     # Loss options
     offset_noise: float = 0.0  # e.g. 0.1: lets the model learn very dark and very bright pictures
@@ -110,9 +112,18 @@ class Settings:
 
     def validate(self) -> "Settings":
         """Raise a DreamlabError naming the first bad value; return self when all is well."""
-        def bad(name, why):
-            raise DreamlabError(f"setting {name}={getattr(self, name)!r}: {why}")
+        self.check_numbers()
+        self.check_choices()
+        self.check_device()
+        self.check_combinations()
+        self.check_subjects()
+        return self
 
+    def bad(self, name: str, why: str):
+        raise DreamlabError(f"setting {name}={getattr(self, name)!r}: {why}")
+
+    def check_numbers(self) -> None:
+        bad = self.bad
         for name in ("resolution", "train_batch_size", "max_train_steps",
                      "gradient_accumulation_steps", "sample_batch_size", "num_inference_steps"):
             if getattr(self, name) < 1:
@@ -127,17 +138,6 @@ class Settings:
                      "adam_weight_decay", "num_class_images"):
             if getattr(self, name) < 0:
                 bad(name, "must not be negative")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            bad("lr_scheduler", f"choose one of {', '.join(LR_SCHEDULERS)}")
-        if self.mixed_precision not in PRECISIONS:
-            bad("mixed_precision", f"choose one of {', '.join(PRECISIONS)}")
-        if self.save_precision not in SAVE_PRECISIONS:
-            bad("save_precision", f"choose one of {', '.join(SAVE_PRECISIONS)}")
-        self.check_device()
-        if self.compact_checkpoints and self.lora:
-            bad("compact_checkpoints", "is for full fine-tunes: LoRA's checkpoints are small already")
-        if self.attention not in ATTENTIONS:
-            bad("attention", f"choose one of {', '.join(ATTENTIONS)}")
         for name in ("lora_rank", "checkpoints_total_limit", "num_validation_images"):
             if getattr(self, name) < 1:
                 bad(name, "must be at least 1")
@@ -146,6 +146,23 @@ class Settings:
                 bad(name, "must not be negative (0 turns it off)")
         if self.text_encoder_lr is not None and not 0 < self.text_encoder_lr <= 1e-2:
             bad("text_encoder_lr", "must be above 0 and at most 1e-2 (None: the same as learning_rate)")
+
+    def check_choices(self) -> None:
+        bad = self.bad
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            bad("lr_scheduler", f"choose one of {', '.join(LR_SCHEDULERS)}")
+        if self.mixed_precision not in PRECISIONS:
+            bad("mixed_precision", f"choose one of {', '.join(PRECISIONS)}")
+        if self.save_precision not in SAVE_PRECISIONS:
+            bad("save_precision", f"choose one of {', '.join(SAVE_PRECISIONS)}")
+        if self.attention not in ATTENTIONS:
+            bad("attention", f"choose one of {', '.join(ATTENTIONS)}")
+
+    def check_combinations(self) -> None:
+        """Settings that each make sense alone, but not together."""
+        bad = self.bad
+        if self.compact_checkpoints and self.lora:
+            bad("compact_checkpoints", "is for full fine-tunes: LoRA's checkpoints are small already")
         if self.text_encoder_stop_step is not None and not self.text_encoder_trains:
             bad("text_encoder_stop_step", "needs train_text_encoder=True or train_identifier=True")
         if self.train_identifier:
@@ -156,11 +173,15 @@ class Settings:
                 bad("identifier_lr", "must be above 0 and at most 0.1 (5e-3 is usual)")
             for subject in self.subjects():  # a clear message now if a prompt has no identifier
                 identifier_words(subject.instance_prompt, subject.class_prompt)
-        if self.fused_optimizer_step and self.gradient_accumulation_steps > 1:
-            bad("fused_optimizer_step", "cannot accumulate gradients (it frees each one at once): "
-                "set gradient_accumulation_steps=1 or fused_optimizer_step=False")
+        if self.step_in_backward and self.gradient_accumulation_steps > 1:
+            bad("step_in_backward", "cannot accumulate gradients (it frees them as it goes): "
+                "set gradient_accumulation_steps=1 or step_in_backward=False")
         if self.validation_steps and not self.validation_prompts:
             bad("validation_steps", 'give validation_prompts too, e.g. ["a photo of sks dog on the beach"]')
+
+    def check_subjects(self) -> None:
+        """Each subject's prompts and folders."""
+        bad = self.bad
         if not self.instance_prompt.strip():
             bad("instance_prompt", 'give a prompt with the rare token, e.g. "a photo of sks dog"')
         if self.prior_preservation:
@@ -177,7 +198,6 @@ class Settings:
             if self.prior_preservation and not (subject.class_dir and subject.class_prompt):
                 raise DreamlabError(f"more_subjects[{i}]: prior preservation needs its class_dir "
                                     "and class_prompt")
-        return self
 
     def check_device(self) -> None:
         """The device asked for exists, and can run the mixed precision asked for."""

@@ -206,7 +206,7 @@ def dreambooth_settings(**overrides):
     contexts as it learned to. Training the whole text encoder instead (1e-3) tied the subject
     to its photos' contexts: in the night sky 0.99, on snow 0 (its red turned purple); with the
     UNet and text encoder both at 3e-4 the UNet memorised the photos (benchmarks/toy_dreambooth.py
-    measures all of this; see the README's toy-world section).
+    measures all of this; see benchmarks/README.md).
     """
     from .settings import ASSETS, OUTPUT, Settings
 

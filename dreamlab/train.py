@@ -20,7 +20,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import compute_snr
+from diffusers.training_utils import compute_snr, offload_models
 from tqdm.auto import tqdm
 
 from . import checkpoints, preflight
@@ -29,7 +29,7 @@ from .class_images import generate_class_images
 from .data import collate, set_epoch, subjects_dataset
 from .errors import DreamlabError
 from .models import StableDiffusion, load_model
-from .optimizer import FusedStep, make_optimizer
+from .optimizer import StepInBackward, make_optimizer
 from .runs import checkpoint_dir, resume, samples_dir, save_model
 from .sample import generate, image_grid
 from .settings import Settings
@@ -98,6 +98,7 @@ class TrainResult:
     step: int = 0  # the steps trained, of max_train_steps
     settings: Settings | None = None  # the run's settings (compare.py lays runs side by side)
     usage: dict = field(default_factory=dict)  # what it cost: usage() below
+    samples: list | None = None  # the latest validation samples (the model card shows them)
 
 
 def prepare_class_images(s: Settings, sd: StableDiffusion, accelerator: Accelerator) -> None:
@@ -117,13 +118,10 @@ def prepare_class_images(s: Settings, sd: StableDiffusion, accelerator: Accelera
 def parameter_groups(s: Settings, trained: dict) -> list[dict]:
     """The UNet's weights at learning_rate, the text encoder's at text_encoder_lr (or, when
     only the identifier learns, its word table at identifier_lr, without weight decay, which
-    would shrink every other word too); one group per weight tensor for the fused step (which
-    steps one at a time)."""
+    would shrink every other word too)."""
     options = {"unet": {"lr": s.learning_rate},
                "text_encoder": {"lr": s.identifier_lr, "weight_decay": 0.0} if s.train_identifier
                else {"lr": s.text_encoder_lr or s.learning_rate}}
-    if s.fused_optimizer_step:
-        return [{"params": [p], **options[name.split(".")[0]]} for name, p in trained.items()]
     groups = [{"params": [p for n, p in trained.items() if n.startswith(part + ".")], **part_options}
               for part, part_options in options.items()]
     return [g for g in groups if g["params"]]
@@ -172,19 +170,16 @@ def unwrapped(sd: StableDiffusion, accelerator: Accelerator) -> StableDiffusion:
 def sample_now(s: Settings, sd: StableDiffusion, accelerator: Accelerator, step: int, on_sample):
     """Draw the validation prompts with the same seeds as every time, save the grid, call back."""
     model = unwrapped(sd, accelerator)
-    away = [m for m in (model.vae, model.text_encoder) if m.device != model.unet.device]
-    for module in away:  # cached latents moved them off the GPU
-        module.to(model.unet.device)
+    device = model.unet.device
+    away = [m for m in (model.vae, model.text_encoder) if m.device != device]  # (cached latents)
     was_training = model.unet.training, model.text_encoder.training
     model.unet.eval(), model.text_encoder.eval()
     prompts = [p for p in s.validation_prompts for _ in range(s.num_validation_images)]
     seeds = list(range(s.num_validation_images)) * len(s.validation_prompts)
-    with accelerator.autocast():
+    with offload_models(*away, device=device, offload=bool(away)), accelerator.autocast():
         images = generate(model.pipeline(), prompts, seeds, s.resolution, s.num_inference_steps,
                           s.guidance_scale, s.sample_batch_size)
     model.unet.train(was_training[0]), model.text_encoder.train(was_training[1])
-    for module in away:
-        module.to("cpu")
     folder = samples_dir(s)
     folder.mkdir(parents=True, exist_ok=True)
     image_grid(images, cols=s.num_validation_images).save(folder / f"step-{step:06d}.png")
@@ -228,8 +223,8 @@ def make_accelerator(s: Settings) -> Accelerator:
     accelerator = Accelerator(mixed_precision=s.mixed_precision, cpu=s.device == "cpu",
                               gradient_accumulation_steps=s.gradient_accumulation_steps)
     if accelerator.num_processes > 1:
-        if s.fused_optimizer_step:
-            raise DreamlabError("fused_optimizer_step works on one GPU only (several GPUs must average "
+        if s.step_in_backward:
+            raise DreamlabError("step_in_backward works on one GPU only (several GPUs must average "
                                 "all gradients before any update): set it to False")
         if s.text_encoder_stop_step is not None:  # DDP cannot drop weights from its reduction midway
             raise DreamlabError("text_encoder_stop_step works on one GPU only: set it to None")
@@ -273,11 +268,26 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def set_up(s: Settings, sd: StableDiffusion, accelerator: Accelerator):
-    """Everything a run needs before its first step: the trained weights (by name), the optimizer,
-    its schedule, the class images, the batches and their sampler, and the fused step if asked.
-    accelerate's prepare() wraps what is trained for mixed precision and for several GPUs;
-    training_step then calls the wrapped modules through `sd`."""
+@dataclass
+class Training:
+    """What a run holds while it trains: set_up() makes it, the loop's steps use it."""
+    accelerator: Accelerator
+    sd: StableDiffusion
+    trained: dict  # the trained weights, by name
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    loader: torch.utils.data.DataLoader
+    sampler: torch.utils.data.RandomSampler  # shuffles the loader; batches() seeds it for each pass
+    noise: torch.Generator  # noise and timesteps come from it; saved in checkpoints, resuming replays them
+    early: StepInBackward | None = None  # with step_in_backward: the weights change inside backward
+    history: list = field(default_factory=list)  # one dict of losses per step
+    last_checkpoint: Path | None = None
+
+
+def set_up(s: Settings, sd: StableDiffusion, accelerator: Accelerator) -> Training:
+    """Everything a run needs before its first step: the trained weights, the optimizer and its
+    schedule, the class images, the batches. accelerate's prepare() wraps what is trained for
+    mixed precision and for several GPUs; training_step then calls the wrapped modules through `sd`."""
     trained = make_trainable(s, sd, accelerator.device)
     optimizer = make_optimizer(parameter_groups(s, trained), s.learning_rate, s.adam_weight_decay,
                                s.use_8bit_adam, accelerator.device)
@@ -286,101 +296,120 @@ def set_up(s: Settings, sd: StableDiffusion, accelerator: Accelerator):
     loader, sampler = make_loader(s, sd)
     lr_scheduler = get_scheduler(s.lr_scheduler, optimizer, num_warmup_steps=s.lr_warmup_steps,
                                  num_training_steps=s.max_train_steps)
-    fused = None
-    if s.fused_optimizer_step:  # the optimizer steps inside backward: accelerate must not step it
+    early = None
+    if s.step_in_backward:  # the optimizer steps inside backward: accelerate must not step it
         sd.unet, loader = accelerator.prepare(sd.unet, loader)
-        fused = FusedStep(optimizer, s.max_grad_norm, accelerator.scaler)
+        early = StepInBackward(optimizer, s.max_grad_norm, accelerator.scaler)
     else:
         sd.unet, optimizer, loader, lr_scheduler = accelerator.prepare(sd.unet, optimizer, loader,
                                                                       lr_scheduler)
     if s.text_encoder_trains:
         sd.text_encoder = accelerator.prepare(sd.text_encoder)
-    return trained, optimizer, lr_scheduler, loader, sampler, fused
+    noise = torch.Generator(accelerator.device).manual_seed(s.seed + accelerator.process_index)
+    return Training(accelerator, sd, trained, optimizer, lr_scheduler, loader, sampler, noise, early)
 
 
 def run(s: Settings, sd: StableDiffusion | None, on_step, on_sample, save: bool) -> TrainResult:
+    """train()'s steps: the model, the set-up, where to start, the loop, the saved model."""
     accelerator = make_accelerator(s)
     if accelerator.device.type == "cuda":  # this run's peak, not an earlier one's
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     set_seed(s.seed)
     if sd is None:
         sd = load_model(s.model, s.revision, device=accelerator.device)
-    trained, optimizer, lr_scheduler, loader, sampler, fused = set_up(s, sd, accelerator)
-    # Noise and timesteps come from this generator, saved in checkpoints: resuming replays them.
-    noise = torch.Generator(accelerator.device).manual_seed(s.seed + accelerator.process_index)
-    start, history, last_checkpoint = resume(s, trained, optimizer, lr_scheduler, noise,
-                                             accelerator.scaler, accelerator.process_index)
+    t = set_up(s, sd, accelerator)
+    start, t.history, t.last_checkpoint = resume(s, t.trained, t.optimizer, t.lr_scheduler, t.noise,
+                                                 accelerator.scaler, accelerator.process_index)
+    result = loop(s, t, start, on_step, on_sample)
+    finish(s, result, accelerator)
+    if save and accelerator.is_main_process:
+        result.output_dir = save_model(s, result, result.samples, resumed_at=start)
+    return result
 
-    def save_checkpoint(step):
-        rng_states = gather_object([{"noise": noise.get_state()}])  # every process's, in order
-        if accelerator.is_main_process:
-            return checkpoints.save_checkpoint(checkpoint_dir(s), step, trained, optimizer, lr_scheduler,
-                                               rng_states, history, s, accelerator.scaler,
-                                               keep=s.checkpoints_total_limit)
 
-    models = [sd.unet] + ([sd.text_encoder] if s.text_encoder_trains else [])
-    stream = batches(loader, sampler, s.seed, start * s.gradient_accumulation_steps)
-    text_encoder_on, stopped, step = s.text_encoder_trains, False, start
-    bar = tqdm(range(start, s.max_train_steps), desc="training", disable=not accelerator.is_main_process)
-    samples = None  # the latest validation images, for the model card
-    started = time.perf_counter()
-    if s.validation_steps and start == 0 and accelerator.is_main_process:
-        samples = sample_now(s, sd, accelerator, 0, on_sample)  # the starting point, to compare with
+def loop(s: Settings, t: Training, start: int, on_step, on_sample) -> TrainResult:
+    """From step `start` to max_train_steps: an optimizer step, then what follows it (the history,
+    the callbacks, samples and checkpoints), until the end or the stop button."""
+    stream = batches(t.loader, t.sampler, s.seed, start * s.gradient_accumulation_steps)
+    main = t.accelerator.is_main_process
+    bar = tqdm(range(start, s.max_train_steps), desc="training", disable=not main)
+    samples, stopped, step, started = None, False, start, time.perf_counter()
+    if s.validation_steps and start == 0 and main:
+        samples = sample_now(s, t.sd, t.accelerator, 0, on_sample)  # the starting point, to compare with
     with stop_on_interrupt() as interrupt:
         for step in bar:
-            if text_encoder_on and s.text_encoder_stop_step is not None and step >= s.text_encoder_stop_step:
-                text_encoder_on = False  # from here on the text encoder stays as it is
-                sd.text_encoder.requires_grad_(False).eval()
-            for _ in range(s.gradient_accumulation_steps):  # one optimiser step per bar tick
-                with accelerator.accumulate(*models):
-                    loss, logs = training_step(sd, next(stream), s.prior_loss_weight, noise,
-                                               s.offset_noise, s.min_snr_gamma)
-                    if not math.isfinite(logs["loss"]):  # the guard: nothing is applied
-                        raise DreamlabError(NAN_HELP.format(
-                            loss=logs["loss"], step=step, lr=s.learning_rate, mp=s.mixed_precision,
-                            resume=f"The last good checkpoint, {last_checkpoint}, is intact."
-                            if last_checkpoint else "No checkpoint was written (checkpointing_steps=0)."))
-                    accelerator.backward(loss)  # with the fused step, the weights change here
-                    if fused is None:
-                        if accelerator.sync_gradients and s.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(list(trained.values()), s.max_grad_norm)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory
-                    elif fused.end_step() and s.mixed_precision != "fp16":
-                        raise DreamlabError(
-                            f"a gradient became inf or NaN at step {step} (learning_rate="
-                            f"{s.learning_rate}); the fused step had already updated some weights, "
-                            f"so resume from the last checkpoint ({last_checkpoint}) with a lower rate.")
-                    lr_scheduler.step()
+            stop_at = s.text_encoder_stop_step
+            if stop_at is not None and step >= stop_at and t.sd.text_encoder.training:
+                t.sd.text_encoder.requires_grad_(False).eval()  # from here on it stays as it is
+            logs = optimizer_step(s, t, stream, step)
             step += 1
-            logs.update(step=step, lr=lr_scheduler.get_last_lr()[0])
-            history.append(logs)
+            logs.update(step=step, lr=t.lr_scheduler.get_last_lr()[0])
+            t.history.append(logs)
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             if on_step is not None:
                 on_step(step, logs)
-            if s.validation_steps and step % s.validation_steps == 0 and accelerator.is_main_process:
-                samples = sample_now(s, sd, accelerator, step, on_sample)
-            if accelerator.num_processes > 1:  # all processes stop at the same step, or they hang
-                flag = torch.tensor(float(interrupt["stop"]), device=accelerator.device)
-                interrupt["stop"] = accelerator.reduce(flag, "max").item() > 0
-            stopped = interrupt["stop"] and step < s.max_train_steps
+            if s.validation_steps and step % s.validation_steps == 0 and main:
+                samples = sample_now(s, t.sd, t.accelerator, step, on_sample)
+            stopped = stop_requested(t.accelerator, interrupt) and step < s.max_train_steps
             every_n = s.checkpointing_steps and step % s.checkpointing_steps == 0
             # (a compact checkpoint of the last step would only repeat the model saved next)
             if (every_n and not (s.compact_checkpoints and step == s.max_train_steps)) or stopped:
-                last_checkpoint = save_checkpoint(step)
+                t.last_checkpoint = save_checkpoint(s, t, step)
             if stopped:
-                print(f"stopped at step {step} of {s.max_train_steps}; checkpoint {last_checkpoint} "
+                print(f"stopped at step {step} of {s.max_train_steps}; checkpoint {t.last_checkpoint} "
                       "(resume_from='latest' goes on from there)")
                 break
-    if fused is not None:
-        fused.remove()
-    result = TrainResult(sd=sd, history=history, stopped_early=stopped, checkpoint=last_checkpoint,
-                         step=step, settings=s,
-                         usage=usage(accelerator.device, time.perf_counter() - started, step - start))
-    finish(s, result, accelerator)
-    if save and accelerator.is_main_process:
-        result.output_dir = save_model(s, result, samples, resumed_at=start)
-    return result
+    if t.early is not None:
+        t.early.remove()
+    return TrainResult(sd=t.sd, history=t.history, stopped_early=stopped, checkpoint=t.last_checkpoint,
+                       step=step, settings=s, samples=samples,
+                       usage=usage(t.accelerator.device, time.perf_counter() - started, step - start))
+
+
+def optimizer_step(s: Settings, t: Training, stream, step: int) -> dict:
+    """One optimizer step (over gradient_accumulation_steps batches); returns the last batch's losses.
+    A loss that is not finite stops the run before it touches the weights."""
+    models = [t.sd.unet] + ([t.sd.text_encoder] if s.text_encoder_trains else [])
+    for _ in range(s.gradient_accumulation_steps):
+        with t.accelerator.accumulate(*models):
+            loss, logs = training_step(t.sd, next(stream), s.prior_loss_weight, t.noise,
+                                       s.offset_noise, s.min_snr_gamma)
+            if not math.isfinite(logs["loss"]):
+                raise DreamlabError(NAN_HELP.format(
+                    loss=logs["loss"], step=step, lr=s.learning_rate, mp=s.mixed_precision,
+                    resume=f"The last good checkpoint, {t.last_checkpoint}, is intact."
+                    if t.last_checkpoint else "No checkpoint was written (checkpointing_steps=0)."))
+            t.accelerator.backward(loss)  # with step_in_backward, the weights change in here
+            if t.early is None:
+                if t.accelerator.sync_gradients and s.max_grad_norm > 0:
+                    t.accelerator.clip_grad_norm_(list(t.trained.values()), s.max_grad_norm)
+                t.optimizer.step()
+                t.optimizer.zero_grad(set_to_none=True)  # frees the gradients' memory
+            elif t.early.end_step() and s.mixed_precision != "fp16":
+                raise DreamlabError(
+                    f"a gradient became inf or NaN at step {step} (learning_rate={s.learning_rate}); "
+                    f"step_in_backward had already updated some weights, so resume from the last "
+                    f"checkpoint ({t.last_checkpoint}) with a lower rate.")
+            t.lr_scheduler.step()
+    return logs
+
+
+def stop_requested(accelerator: Accelerator, interrupt: dict) -> bool:
+    """Whether the stop button was pressed; with several processes, on any of them (all must stop
+    at the same step, or they hang)."""
+    if accelerator.num_processes > 1:
+        flag = torch.tensor(float(interrupt["stop"]), device=accelerator.device)
+        interrupt["stop"] = accelerator.reduce(flag, "max").item() > 0
+    return interrupt["stop"]
+
+
+def save_checkpoint(s: Settings, t: Training, step: int) -> Path | None:
+    rng_states = gather_object([{"noise": t.noise.get_state()}])  # every process's, in order
+    if t.accelerator.is_main_process:
+        return checkpoints.save_checkpoint(checkpoint_dir(s), step, t.trained, t.optimizer, t.lr_scheduler,
+                                           rng_states, t.history, s, t.accelerator.scaler,
+                                           keep=s.checkpoints_total_limit)
+    return None
 
 
 def finish(s: Settings, result: TrainResult, accelerator: Accelerator) -> None:

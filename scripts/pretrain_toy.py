@@ -25,7 +25,8 @@ Recipe (seed 0), two stages, as SD itself was trained:
   64 fresh pictures every step cost a fifth of the step), AdamW at 1e-3 with warmup and cosine
   decay, Min-SNR-5 loss weights (Hang et al., 2023: the low-noise timesteps weigh less; training
   converges faster), an EMA of the weights (2 ms a step), glibc told to keep freed memory.
-  The weights are saved in float16 (half the size; load_model reads them back as float32).
+  The weights are saved in float16 (half the size); the configs say float32, so diffusers' own
+  from_pretrained, like load_model, reads them back in float32.
 
 Offset noise (stage 2, --offset-noise 0.2): with 16x16 latents, SD's schedule leaves each
   picture's mean colour visible even at t=999; trained on plain noise, the model learned to read
@@ -280,7 +281,7 @@ out = Path(args.out)
 tmp = out.with_name(out.name + ".tmp")
 shutil.rmtree(tmp, ignore_errors=True)
 for module in (vae, text_encoder, unet):
-    module.half()  # float16 files, half the size; load_model reads them back as float32
+    module.half()  # float16 files, half the size; load_model reads them back in float32
 # ... and so does a plain StableDiffusionPipeline.from_pretrained(folder): diffusers makes its
 # models in float32, and transformers reads the text encoder in the dtype its config names
 text_encoder.config.dtype = torch.float32

@@ -18,6 +18,17 @@ DREAMBOOTH = Path(os.environ.get("DREAMLAB_DREAMBOOTH_DATA",
                                  ROOT.parent / "shared" / "data" / "dreambooth"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models on a busy machine: one thread is faster than two fighting over the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def dreambooth_photos() -> Path:
     if not (DREAMBOOTH / "dog").is_dir():

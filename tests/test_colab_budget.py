@@ -1,5 +1,5 @@
-"""benchmarks/colab_budget.py: the README's Colab table (GPU memory, Drive, T4 minutes per lesson), and
-memory.estimate_sampling, which gives its figures for drawing pictures."""
+"""benchmarks/colab_budget.py: the Colab table of benchmarks/README.md (GPU memory, Drive, T4 minutes
+per lesson), and memory.estimate_sampling, which gives its figures for drawing pictures."""
 
 import re
 

@@ -125,15 +125,15 @@ def test_cached_latents_never_run_the_vae_or_text_encoder_while_training(
     assert len(encoded) == photos and len(calls) == 1  # each photo once, the one prompt once
 
 
-def test_the_fused_optimizer_step_equals_the_usual_one(tmp_path, offline_path, dreambooth_photos):
+def test_the_step_in_backward_equals_the_usual_one(tmp_path, offline_path, dreambooth_photos):
     s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_grad_norm=0, train_text_encoder=True)
     usual = train(s, sd=load_model(offline_path), save=False).sd
-    fused = train(Settings(**{**s.to_dict(), "fused_optimizer_step": True}), sd=load_model(offline_path),
+    fused = train(Settings(**{**s.to_dict(), "step_in_backward": True}), sd=load_model(offline_path),
                   save=False).sd
     assert max_difference(weights(usual.unet), weights(fused.unet)) < 1e-6
     assert max_difference(weights(usual.text_encoder), weights(fused.text_encoder)) < 1e-6
-    with pytest.raises(DreamlabError, match="fused_optimizer_step.*gradient_accumulation_steps=1"):
-        Settings(**{**s.to_dict(), "fused_optimizer_step": True, "gradient_accumulation_steps": 2}).validate()
+    with pytest.raises(DreamlabError, match="step_in_backward.*gradient_accumulation_steps=1"):
+        Settings(**{**s.to_dict(), "step_in_backward": True, "gradient_accumulation_steps": 2}).validate()
 
 
 def test_8bit_adam_on_a_cpu_is_a_clear_error(tmp_path, offline_path, dreambooth_photos):
@@ -306,7 +306,7 @@ def test_several_subjects_and_a_caption_train_in_one_run(tmp_path, offline_path,
     (cat / (sorted(cat.iterdir())[0].stem + ".txt")).write_text("a photo of zwx cat on a sofa")
     s = settings(tmp_path, offline_path, dreambooth_photos / "dog", prior_preservation=True,
                  class_dir=str(tmp_path / "dogs"), num_class_images=2, sample_batch_size=2,
-                 train_batch_size=2, max_train_steps=6,
+                 train_batch_size=2, max_train_steps=6, cache_latents=False,  # (the batches keep their words)
                  more_subjects=[dict(instance_dir=str(cat), instance_prompt="a photo of zwx cat",
                                      class_dir=str(tmp_path / "cats"), class_prompt="a photo of a cat")])
     prompts = set()
@@ -327,32 +327,57 @@ def test_several_subjects_and_a_caption_train_in_one_run(tmp_path, offline_path,
                                                           instance_prompt="a photo of zwx cat")]}).validate()
 
 
-def test_the_fused_step_unscales_fp16_gradients_skips_overflow_and_grows_the_scale():
-    from dreamlab.optimizer import FusedStep
+def test_the_step_in_backward_unscales_fp16_gradients_skips_overflow_and_grows_the_scale():
+    from dreamlab.optimizer import StepInBackward
 
     torch.manual_seed(0)
-    plain, fused = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
-    fused.load_state_dict(plain.state_dict())
+    plain, early = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    early.load_state_dict(plain.state_dict())
     x = torch.randn(5, 4)
     reference = torch.optim.AdamW(plain.parameters(), lr=0.1)
     plain(x).pow(2).mean().backward()
     reference.step()
     # fp16's loss scaler (accelerate makes it on a GPU only; torch's runs on the CPU too)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)
-    step = FusedStep(torch.optim.AdamW([{"params": [p]} for p in fused.parameters()], lr=0.1), scaler=scaler)
-    scaler.scale(fused(x).pow(2).mean()).backward()  # what accelerate's backward does under fp16
+    # buckets of one byte: each weight tensor is stepped, and its gradient freed, inside backward
+    step = StepInBackward(torch.optim.AdamW(early.parameters(), lr=0.1), scaler=scaler, bucket_bytes=1)
+    scaler.scale(early(x).pow(2).mean()).backward()  # what accelerate's backward does under fp16
+    assert all(p.grad is None for p in early.parameters())  # freed as soon as used, before end_step
+    assert torch.allclose(plain.weight, early.weight) and torch.allclose(plain.bias, early.bias)
     assert not step.end_step() and scaler.get_scale() == 1024.0
-    assert torch.allclose(plain.weight, fused.weight) and torch.allclose(plain.bias, fused.bias)
-    assert all(p.grad is None for p in fused.parameters())  # freed as soon as used
 
-    before = fused.weight.detach().clone()
-    scaler.scale(fused(x * float("inf")).sum()).backward()
+    before = early.weight.detach().clone()
+    scaler.scale(early(x * float("inf")).sum()).backward()
     assert step.end_step() and scaler.get_scale() == 512.0  # overflow: skipped, scale halved
-    assert torch.equal(fused.weight, before)
+    assert torch.equal(early.weight, before)
     for _ in range(2):  # growth_interval steps without an overflow: the scale doubles again
-        scaler.scale(fused(x).pow(2).mean()).backward()
+        scaler.scale(early(x).pow(2).mean()).backward()
         assert not step.end_step()
     assert scaler.get_scale() == 1024.0
+
+
+def test_the_step_in_backward_steps_a_bucket_of_gradients_at_a_time():
+    from dreamlab.optimizer import StepInBackward
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+    early = torch.nn.Sequential(*[torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)])
+    early.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 8)
+    reference = torch.optim.AdamW(plain.parameters(), lr=0.1)
+    step = StepInBackward(torch.optim.AdamW(early.parameters(), lr=0.1), bucket_bytes=8 * 8 * 4)
+    stepped = []
+    step.optimizer.register_step_post_hook(lambda *_: stepped.append(1))
+    for _ in range(3):
+        plain(x).pow(2).mean().backward()
+        reference.step(), reference.zero_grad()
+        early(x).pow(2).mean().backward()
+        assert not step.end_step()
+    # backward reaches the last layer's two tensors and the second layer's, then 256 bytes are
+    # ready: a bucket; the first layer's two make the second: two optimizer steps a pass
+    assert len(stepped) == 3 * 2
+    for a, b in zip(plain.parameters(), early.parameters()):
+        assert torch.allclose(a, b, atol=1e-6) and b.grad is None
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -396,12 +421,12 @@ def with_stand_in_scaler(monkeypatch) -> list:
     return scalers
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["adamw", "fused-step"])
+@pytest.mark.parametrize("fused", [False, True], ids=["adamw", "step-in-backward"])
 def test_an_fp16_run_resumes_exactly_with_its_loss_scale(fused, tmp_path, offline_path, dreambooth_photos,
                                                         monkeypatch):
     scalers = with_stand_in_scaler(monkeypatch)
     s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=6, checkpointing_steps=3,
-                 checkpoints_total_limit=3, fused_optimizer_step=fused)
+                 checkpoints_total_limit=3, step_in_backward=fused)
     whole = train(s, sd=load_model(offline_path), save=False)
     assert scalers[0].get_scale() == 3.0 * 1.5**6  # it grew at every step
     folder = runs.checkpoint_dir(s)
@@ -460,7 +485,7 @@ def test_train_leaves_only_its_result_alive(tmp_path, offline_path, dreambooth_p
     monkeypatch.setattr(train_module, "make_optimizer",
                         lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     s = settings(tmp_path, offline_path, dreambooth_photos / "dog", max_train_steps=2,
-                 fused_optimizer_step=True)
+                 step_in_backward=True)
     gc.disable()  # nothing may rely on the garbage collector running by chance
     try:
         result = train(s, save=False)  # train() loads its own model

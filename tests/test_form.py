@@ -92,7 +92,7 @@ def test_presets_set_the_fields_but_not_the_samples_and_checkpoints(start, monke
     assert "compact_checkpoints=True: is for full fine-tunes" in f.problem.value  # the box to untick
     f.apply_preset("t4-full")
     values = f.values()
-    assert not values["lora"] and values["fused_optimizer_step"] and values["learning_rate"] == 5e-6
+    assert not values["lora"] and values["step_in_backward"] and values["learning_rate"] == 5e-6
     if not torch.cuda.is_available():  # a T4 preset trains in fp16: a GPU's, as the red line says
         assert "mixed_precision='fp16' needs a GPU" in html.unescape(f.problem.value)
         with pytest.raises(DreamlabError, match="fp16"):

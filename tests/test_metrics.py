@@ -26,14 +26,7 @@ from dreamlab.judge import subject_fidelity as judge_subject_fidelity
 from dreamlab.language import set_language
 from dreamlab.toyworld import Scene, render
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on a busy machine: one thread is faster than two fighting over the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
