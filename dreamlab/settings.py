@@ -85,7 +85,7 @@ class Settings:
     # Encode each photo once (each then keeps the crop it had), and the VAE (and a frozen text
     # encoder) leave the GPU: a faster step in less memory. False: a new random crop every pass
     cache_latents: bool = True
-    step_in_backward: bool = False  # update each weight as soon as its gradient is ready
+    step_in_backward: bool = False  # update the weights during backward, a bucket of gradients at a time
 
     # Loss options
     offset_noise: float = 0.0  # e.g. 0.1: lets the model learn very dark and very bright pictures
