@@ -320,7 +320,11 @@ def run(s: Settings, sd: StableDiffusion | None, on_step, on_sample, save: bool)
     t = set_up(s, sd, accelerator)
     start, t.history, t.last_checkpoint = resume(s, t.trained, t.optimizer, t.lr_scheduler, t.noise,
                                                  accelerator.scaler, accelerator.process_index)
-    result = loop(s, t, start, on_step, on_sample)
+    try:
+        result = loop(s, t, start, on_step, on_sample)
+    finally:  # (also after an error: the hooks would outlive the run on a model a notebook keeps)
+        if t.early is not None:
+            t.early.remove()
     finish(s, result, accelerator)
     if save and accelerator.is_main_process:
         result.output_dir = save_model(s, result, result.samples, resumed_at=start)
@@ -359,8 +363,6 @@ def loop(s: Settings, t: Training, start: int, on_step, on_sample) -> TrainResul
                 print(f"stopped at step {step} of {s.max_train_steps}; checkpoint {t.last_checkpoint} "
                       "(resume_from='latest' goes on from there)")
                 break
-    if t.early is not None:
-        t.early.remove()
     return TrainResult(sd=t.sd, history=t.history, stopped_early=stopped, checkpoint=t.last_checkpoint,
                        step=step, settings=s, samples=samples,
                        usage=usage(t.accelerator.device, time.perf_counter() - started, step - start))

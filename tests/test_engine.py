@@ -356,6 +356,20 @@ def test_the_step_in_backward_unscales_fp16_gradients_skips_overflow_and_grows_t
     assert scaler.get_scale() == 1024.0
 
 
+def test_a_run_that_fails_leaves_no_step_in_backward_hooks_on_the_model(tmp_path, offline_path,
+                                                                        dreambooth_photos):
+    """A notebook keeps its model after an error; hooks left on it would step a dead optimizer."""
+    s = settings(tmp_path, offline_path, dreambooth_photos / "dog", step_in_backward=True)
+    sd = load_model(offline_path)
+
+    def fail(step, logs):
+        raise RuntimeError("stopped by the test")
+
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        train(s, sd=sd, on_step=fail, save=False)
+    assert not [p for p in sd.unet.parameters() if p._post_accumulate_grad_hooks]
+
+
 def test_the_step_in_backward_steps_a_bucket_of_gradients_at_a_time():
     from dreamlab.optimizer import StepInBackward
 
