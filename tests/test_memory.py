@@ -122,8 +122,8 @@ def parse_args(argv):  # the options the benchmark passes diffusers' script, rea
     return parser.parse_known_args(argv)[0]
 
 
-def main(args):  # a few AdamW steps on one weight matrix: the harness stamps them
-    weight = torch.nn.Parameter(torch.ones(64, 64))
+def main(args):  # a few AdamW steps on one weight matrix (milliseconds each): the harness stamps them
+    weight = torch.nn.Parameter(torch.ones(512, 512))
     optimizer = torch.optim.AdamW([weight], lr=1e-3)
     for _ in range(args.max_train_steps):
         (weight @ weight).sum().backward()
