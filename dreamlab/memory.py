@@ -39,7 +39,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from .errors import DreamlabError
 from .models import StableDiffusion
 from .offline import TOKENIZER
-from .optimizer import BUCKET_BYTES
+from .optimizer import BUCKET_BYTES, GradientBuckets
 from .settings import SD15, Settings
 from .trainable import frozen_dtype, make_trainable
 
@@ -126,6 +126,9 @@ class LiveBytes(TorchDispatchMode):
 
     def count_gradient(self, param: torch.Tensor) -> None:
         self.grads += param.grad.nbytes
+
+    def forget_gradients(self, params: list[torch.Tensor]) -> None:
+        self.grads -= sum(p.grad.nbytes for p in params)
 
 
 # torch.autocast's rule for the operations SD's networks use: matrix products in half precision,
@@ -225,20 +228,11 @@ def _estimate(options: tuple) -> tuple:
 
 def watch_gradients(counter: LiveBytes, trained: list, step_in_backward: bool) -> None:
     """Tell the counter of each gradient made, so that it can tell them from activations; with the
-    step in backward, free them a bucket at a time, as optimizer.StepInBackward does."""
-    bucket = []
-
-    def ready(p):
-        counter.count_gradient(p)
-        bucket.append(p)
-        if sum(q.grad.nbytes for q in bucket) >= BUCKET_BYTES:
-            for q in bucket:
-                counter.grads -= q.grad.nbytes
-                q.grad = None
-            bucket.clear()
-
+    step in backward, they are freed a bucket at a time, by the trainer's own buckets."""
     for p in trained:
-        p.register_post_accumulate_grad_hook(ready if step_in_backward else counter.count_gradient)
+        p.register_post_accumulate_grad_hook(counter.count_gradient)
+    if step_in_backward:  # (hooks run in the order they were added: counted, then bucketed)
+        GradientBuckets(trained, counter.forget_gradients)
 
 
 def one_step(s: Settings, sd: StableDiffusion, gpu: "LikeAGPU", on_gpu: list, batch: int) -> None:

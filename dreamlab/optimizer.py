@@ -45,21 +45,11 @@ class StepInBackward:
     def __init__(self, optimizer: torch.optim.Optimizer, max_grad_norm: float = 0.0, scaler=None,
                  bucket_bytes: int = BUCKET_BYTES):
         self.optimizer, self.max_grad_norm, self.scaler = optimizer, max_grad_norm, scaler
-        self.bucket_bytes, self.ready, self.ready_bytes = bucket_bytes, [], 0
         self.overflow, self.scale = False, None
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.hooks = [p.register_post_accumulate_grad_hook(self.gradient_ready) for p in params]
+        self.buckets = GradientBuckets(params, self.step_bucket, bucket_bytes)
 
-    def gradient_ready(self, param: torch.Tensor) -> None:
-        self.ready.append(param)
-        self.ready_bytes += param.grad.nbytes
-        if self.ready_bytes >= self.bucket_bytes:
-            self.step_ready()
-
-    def step_ready(self) -> None:
-        bucket, self.ready, self.ready_bytes = self.ready, [], 0
-        if not bucket:
-            return
+    def step_bucket(self, bucket: list[torch.Tensor]) -> None:
         grads = [p.grad for p in bucket]
         if self.scaler is not None:
             if self.scale is None:  # read once a step: get_scale() waits for the GPU
@@ -67,12 +57,10 @@ class StepInBackward:
             torch._foreach_div_(grads, self.scale)
         if not all(torch.isfinite(g).all() for g in grads):
             self.overflow = True  # this bucket skips the step
-        else:
-            if self.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(bucket, self.max_grad_norm)
-            self.optimizer.step()  # only these weights have gradients now: only they change
-        for p in bucket:
-            p.grad = None  # their memory is free for the next gradients
+            return
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(bucket, self.max_grad_norm)
+        self.optimizer.step()  # only these weights have gradients now: only they change
 
     def end_step(self) -> bool:
         """After backward: step the last bucket; True when some gradient overflowed. Under fp16 the
@@ -80,7 +68,7 @@ class StepInBackward:
         an overflow multiplies it by backoff_factor (0.5), growth_interval steps without one by
         growth_factor (2). The count lives in the scaler's own state, so that a checkpoint of the
         scaler holds it."""
-        self.step_ready()
+        self.buckets.flush()
         overflow, self.overflow, scale, self.scale = self.overflow, False, self.scale, None
         if self.scaler is not None and scale is not None:
             state = self.scaler.state_dict()
@@ -92,6 +80,32 @@ class StepInBackward:
                 state["_growth_tracker"] += 1
             self.scaler.load_state_dict(state)
         return overflow
+
+    def remove(self) -> None:
+        self.buckets.remove()
+
+
+class GradientBuckets:
+    """Gradients as the backward pass makes them, handed to `use(bucket)` once `bucket_bytes` of
+    them are ready (flush() hands over the rest), then freed. StepInBackward steps the optimizer on
+    each bucket; the memory planner (memory.py) counts what that frees."""
+
+    def __init__(self, params: list[torch.Tensor], use, bucket_bytes: int = BUCKET_BYTES):
+        self.use, self.bucket_bytes, self.ready, self.ready_bytes = use, bucket_bytes, [], 0
+        self.hooks = [p.register_post_accumulate_grad_hook(self.gradient_ready) for p in params]
+
+    def gradient_ready(self, param: torch.Tensor) -> None:
+        self.ready.append(param)
+        self.ready_bytes += param.grad.nbytes
+        if self.ready_bytes >= self.bucket_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        bucket, self.ready, self.ready_bytes = self.ready, [], 0
+        if bucket:
+            self.use(bucket)
+        for p in bucket:
+            p.grad = None  # their memory is free for the next gradients
 
     def remove(self) -> None:
         for hook in self.hooks:

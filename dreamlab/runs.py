@@ -117,7 +117,7 @@ def load_saved_model(s: Settings, trained: dict) -> list | None:
     return json.loads((Path(s.output_dir) / RUN_RECORD).read_text()).get("history", [])
 
 
-def save_model(s: Settings, result, samples, resumed_at: int) -> Path:
+def save_model(s: Settings, result, resumed_at: int) -> Path:
     """Save the model (LoRA adapters, or the whole pipeline), a record of the run and a model card
     that says how many of its steps were trained. Returns the saved weights' path."""
     folder = Path(s.output_dir)
@@ -136,7 +136,8 @@ def save_model(s: Settings, result, samples, resumed_at: int) -> Path:
          "history": result.history}, indent=1, default=str))
     (folder / METRICS).unlink(missing_ok=True)  # an earlier model's numbers: this one is still to measure
     # A README.md the Hub shows: base model, prompt, settings, the last samples
-    first = samples[:s.num_validation_images] if samples else None  # the first prompt's pictures
+    samples = result.samples  # the first prompt's pictures go on the card
+    first = samples[:s.num_validation_images] if samples else None
     write_model_card(folder, s, images=first, prompt=(s.validation_prompts or [None])[0],
                      steps=(result.step, s.max_train_steps))
     if s.compact_checkpoints and result.step == s.max_train_steps:

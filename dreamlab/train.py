@@ -327,7 +327,7 @@ def run(s: Settings, sd: StableDiffusion | None, on_step, on_sample, save: bool)
             t.early.remove()
     finish(s, result, accelerator)
     if save and accelerator.is_main_process:
-        result.output_dir = save_model(s, result, result.samples, resumed_at=start)
+        result.output_dir = save_model(s, result, resumed_at=start)
     return result
 
 
