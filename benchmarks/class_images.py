@@ -25,8 +25,8 @@ machine shared with other jobs slows them alike. `s_per_image` is wall-clock tim
 work costs, without the time spent waiting for other jobs); `drawing_s_per_image` leaves out
 loading the model; medians over rounds, each round's figure in `per_round`. The summary's ratios
 are medians of each round's ratio (ours over theirs), with their range. The script runs in this
-process, imported as a module, with a stand-in for torchvision when it is missing (as here): only
-its training data pipeline uses it.
+process, imported as a module, with benchmarks/torchvision_stand_in.py for torchvision (which does
+not import here): only its training data pipeline uses it.
 
 Quality. The toy model draws --quality-images pictures of "a photo of a ball" per sampler, seeds
 0, 1, ... (the same starting noise for every sampler), and the judge says what each shows:
@@ -49,7 +49,6 @@ converged picture, and how far the picture lies from it (RMS over pixels, 0-255)
 import argparse
 import contextlib
 import hashlib
-import importlib.util
 import json
 import statistics
 import sys
@@ -78,6 +77,7 @@ torch.set_num_threads(args.threads)
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch_dtype, as diffusers' script passes it
 
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, PNDMScheduler  # noqa: E402
+from torchvision_stand_in import import_script  # noqa: E402  (beside this file)
 
 import dreamlab  # noqa: E402  (after set_num_threads)
 from dreamlab.judge import load_judge  # noqa: E402
@@ -125,19 +125,6 @@ def diffusers_call(model: str, folder: Path, n: int) -> float:
 
 class ClassImagesDone(Exception):
     """Raised where the script goes on to load the tokenizer for training."""
-
-
-def import_script(path: str):
-    """diffusers' script as a module (its `if __name__ == "__main__"` does not run)."""
-    # A stand-in for torchvision, always: its transforms serve only the script's training photos, and
-    # torchvision from the registry does not import beside the CPU build of torch
-    stand_in = types.ModuleType("torchvision")
-    stand_in.transforms = types.ModuleType("torchvision.transforms")
-    sys.modules.update({"torchvision": stand_in, "torchvision.transforms": stand_in.transforms})
-    spec = importlib.util.spec_from_file_location("train_dreambooth", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 def diffusers_script(script, model: str, folder: Path, n: int, tmp: Path) -> float:
