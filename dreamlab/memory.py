@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map_only
+from torch.utils._pytree import tree_flatten, tree_map_only, tree_unflatten
 from torch.utils.weak import WeakIdKeyDictionary
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -110,7 +110,7 @@ class LiveBytes(TorchDispatchMode):
         self.seen.update({t.untyped_storage(): True for t in tensors})
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        out = made_like_before(func, args, kwargs or {})
         for t in tree_flatten(out)[0]:
             storage = t.untyped_storage() if isinstance(t, torch.Tensor) else None
             if storage is not None and storage not in self.seen:
@@ -129,6 +129,48 @@ class LiveBytes(TorchDispatchMode):
 
     def forget_gradients(self, params: list[torch.Tensor]) -> None:
         self.grads -= sum(p.grad.nbytes for p in params)
+
+
+# The shapes, strides and dtypes an operation gave, by operation and its inputs' own. On meta
+# tensors many operations work these out in Python, a fraction of a millisecond each: most of an
+# estimate's time. SD's blocks repeat and estimates repeat each other, so most are asked again.
+MADE: dict = {}
+
+
+def made_like_before(func, args, kwargs):
+    """func(*args, **kwargs) on meta tensors; an operation seen before with inputs of the same
+    shapes gets new tensors of the shapes it gave then. Only for operations that make new tensors:
+    a view or an in-place operation shares its input's memory, so it runs."""
+    if any(r.alias_info for r in func._schema.returns) or func._schema.is_mutable:
+        return func(*args, **kwargs)
+    try:
+        key = (func, layout_of(args), layout_of(kwargs))
+    except TypeError:  # an input it does not know how to compare: run it
+        return func(*args, **kwargs)
+    if key not in MADE:
+        out = func(*args, **kwargs)
+        flat, tree = tree_flatten(out)
+        MADE[key] = [(t.shape, t.stride(), t.dtype) if isinstance(t, torch.Tensor) else t for t in flat], tree
+        return out
+    flat, tree = MADE[key]
+    return tree_unflatten([torch.empty_strided(*t[:2], dtype=t[2], device="meta") if isinstance(t, tuple)
+                           else t for t in flat], tree)
+
+
+def layout_of(value):
+    """What a meta operation's result depends on: tensors' shapes, strides and dtypes, and other values."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "meta":
+            raise TypeError  # (a real tensor's values could matter)
+        return "tensor", tuple(value.shape), value.stride(), value.dtype, value.storage_offset()
+    if isinstance(value, (list, tuple)):
+        return type(value).__name__, *(layout_of(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, layout_of(v)) for k, v in sorted(value.items()))
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device,
+                                           torch.layout, torch.memory_format)):
+        return value
+    raise TypeError
 
 
 # torch.autocast's rule for the operations SD's networks use: matrix products in half precision,

@@ -45,6 +45,20 @@ def test_the_counter_agrees_with_pytorchs_memtracker(offline_path):
     assert counter.peak == pytest.approx(tracked, rel=0.01)
 
 
+def test_shapes_made_like_before_change_no_estimate(tiny, monkeypatch):
+    """memory.made_like_before gives an operation seen before the shapes it gave then, without
+    running it: every figure is what running each operation gives."""
+    options = [dict(), dict(lora=True), dict(mixed_precision="fp16", gradient_checkpointing=True,
+                                             train_text_encoder=True), dict(attention="math")]
+    memory._estimate.cache_clear()
+    remembered = [tiny(**o) for o in options]
+    assert memory.MADE  # (what the remembered estimates drew on)
+    memory._estimate.cache_clear()
+    monkeypatch.setattr(memory, "made_like_before", lambda func, args, kwargs: func(*args, **kwargs))
+    assert [tiny(**o) for o in options] == remembered
+    memory._estimate.cache_clear()
+
+
 def test_more_pixels_or_images_need_more_memory(tiny):
     small, large, batch2 = tiny(), tiny(resolution=128), tiny(train_batch_size=2)
     assert large["activations"] > 2 * small["activations"]

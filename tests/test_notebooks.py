@@ -91,3 +91,27 @@ def test_a_failing_lesson_is_written_with_its_error_and_the_next_ones_still_run(
     broken = nbformat.read(out / "02_broken.ipynb", as_version=4)
     assert broken.cells[1].outputs[0].ename == "ValueError" and not broken.cells[2].outputs
     assert (out / "02_broken.html").exists() and (out / "03_fine.ipynb").exists()
+
+
+def test_two_lessons_run_at_once_and_a_lesson_waits_for_the_one_it_uses(tmp_path, monkeypatch):
+    """--jobs 2: lesson 3 starts when lesson 2 (whose class images it tops up) has ended, while
+    lessons 0 and 1, which need nothing, run beside them."""
+    from dreamlab import lessons
+
+    log = tmp_path / "log"
+    log.mkdir()
+    def stamp(name):  # a cell that writes the time it ran to log/name
+        return f"import pathlib, time; pathlib.Path({str(log)!r}, {name!r}).write_text(str(time.time()))"
+
+    cells = {"00_free.ipynb": [stamp("00-start"), "time.sleep(4)", stamp("00-end")],
+             "02_makes.ipynb": [stamp("02-start"), "time.sleep(4)", stamp("02-end")],
+             "03_uses.ipynb": [f"import pathlib; assert pathlib.Path({str(log)!r}, '02-end').exists()",
+                               stamp("03-start")]}
+    for name, sources in cells.items():
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in sources]),
+                       tmp_path / name)
+    monkeypatch.setattr(lessons, "NOTEBOOKS", tmp_path)
+    assert lessons.main(["--out", str(tmp_path / "out"), "--language", "en", "--jobs", "2"]) == 0
+    at = {p.name: float(p.read_text()) for p in log.iterdir()}
+    assert at["03-start"] > at["02-end"]
+    assert at["00-start"] < at["02-end"] and at["02-start"] < at["00-end"]  # side by side
