@@ -4,6 +4,7 @@
                                               # -> build/lessons/*.html, build/lessons/pt-BR/*.html
     python -m dreamlab.lessons 03             # only lessons whose file name contains "03"
     python -m dreamlab.lessons --language pt-BR   # one language
+    python -m dreamlab.lessons --jobs 1       # one lesson at a time: each one's own time
 
 Each lesson runs in a fresh kernel with DREAMLAB_OFFLINE=1, which makes its parameter cell
 pick the offline model and the CPU; nothing else in the notebooks changes.
@@ -11,8 +12,9 @@ pick the offline model and the CPU; nothing else in the notebooks changes.
 Two lessons run at once where the machine has two cores or more (--jobs), each kernel with its
 share of the cores: a lesson that uses what an earlier one made (WAITS_FOR) starts when that one
 has ended. The toy model's training gains only about 20 % from a second thread, and the lessons'
-imports, memory estimates and pictures are mostly one thread's work, so two lessons side by side
-finish the course sooner than one lesson with every core.
+imports and memory estimates are one thread's work, so two lessons side by side finish the
+course sooner than one lesson with every core (on this course's 2-core machine, about 265 s a
+language instead of 340).
 """
 
 import argparse
