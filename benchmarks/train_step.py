@@ -211,7 +211,7 @@ def configuration(args, s) -> dict:
             "threads": args.threads, "cache_latents": s.cache_latents, "step_in_backward": s.step_in_backward}
 
 
-def diffusers_argv(args, s, work: Path, max_train_steps: int) -> list[str]:
+def diffusers_argv(s, work: Path, max_train_steps: int) -> list[str]:
     """diffusers' command line for the same work as ours (`s`: our Settings)."""
     argv = ["--pretrained_model_name_or_path", s.model, "--instance_data_dir", str(work / "photos-diffusers"),
             "--instance_prompt", s.instance_prompt, "--with_prior_preservation",
@@ -261,7 +261,7 @@ def prepare(args, work: Path) -> None:
     script = args.diffusers_lora_script if args.lora else args.diffusers_script
     specs = {"config": configuration(args, s), "dreamlab": {"settings": ours},
              "diffusers": {"script": script and str(Path(script).resolve()),
-                           "argv": diffusers_argv(args, s, work, max_steps),
+                           "argv": diffusers_argv(s, work, max_steps),
                            "config": {"cache_latents": False, "step_in_backward": False}}}
     (work / "specs.json").write_text(json.dumps(specs))
 

@@ -134,10 +134,10 @@ def run_lessons(paths: list[Path], out: Path, jobs: int, options: dict):
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while pending or running:
             unfinished = {p.name[:2] for p in [*pending, *running.values()]}
-            for path in [p for p in pending if WAITS_FOR.get(p.name[:2]) not in unfinished]:
-                if len(running) < jobs:
-                    pending.remove(path)
-                    running[pool.submit(timed_run, path, out, options)] = path
+            ready = [p for p in pending if WAITS_FOR.get(p.name[:2]) not in unfinished]
+            for path in ready[:jobs - len(running)]:
+                pending.remove(path)
+                running[pool.submit(timed_run, path, out, options)] = path
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 del running[future]
